@@ -1,0 +1,683 @@
+//! Message types, named by direction.
+//!
+//! Compatibility rule: [`Hello`] and [`HelloReply`] never change shape. Every
+//! other type may change between protocol versions, and the handshake refuses
+//! a version mismatch before any of them is decoded.
+
+use crate::{JobId, NodeId};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------
+
+/// What a connecting peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A node agent with a certificate issued at join time.
+    Agent,
+    /// A user or admin CLI with a credential.
+    Client,
+    /// A node agent without a certificate yet, presenting a join token.
+    Join,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Agent => "agent",
+            Role::Client => "client",
+            Role::Join => "join",
+        })
+    }
+}
+
+/// First frame on the first stream of every connection. Frozen across versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's [`crate::PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What the sender claims to be; checked against its certificate.
+    pub role: Role,
+}
+
+/// The controller's answer to [`Hello`]. Frozen across versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted; role-specific frames follow.
+    Welcome {
+        /// The controller's protocol version (equal to the peer's).
+        version: u32,
+        /// Cluster name, for display.
+        cluster: String,
+        /// Who the controller believes the peer is (`user/alice`, `agent/node3`).
+        identity: String,
+    },
+    /// Refused; the connection is closed after this frame.
+    Rejected(HandshakeError),
+}
+
+/// Why a handshake was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HandshakeError {
+    /// Protocol versions differ; upgrade one side.
+    #[error("protocol version mismatch: controller speaks version {ours}, this peer speaks version {theirs}; run the same launcher release on both sides")]
+    VersionMismatch {
+        /// The controller's version.
+        ours: u32,
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// The certificate does not allow the claimed role.
+    #[error("certificate is for {cert_role} but the peer connected as {claimed}")]
+    RoleMismatch {
+        /// Role the certificate was issued for.
+        cert_role: String,
+        /// Role claimed in [`Hello`].
+        claimed: Role,
+    },
+    /// No certificate and not joining, or a certificate this cluster never issued or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+}
+
+impl HandshakeError {
+    /// Whether reconnecting unchanged could succeed. None of these can.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Sent by an agent on a `Join` connection after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinMsg {
+    /// The one-time token from `launcher token create`.
+    pub token: String,
+    /// The node name the agent wants.
+    pub name: String,
+    /// Raw ECDSA P-256 public key of the agent (the private key never leaves the node).
+    pub public_key: Vec<u8>,
+}
+
+/// The controller's answer to [`JoinMsg`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// The agent's certificate (PEM) and the cluster CA (PEM).
+    Accepted {
+        /// Certificate for the agent's key, role agent.
+        cert_pem: String,
+        /// The cluster CA certificate.
+        ca_pem: String,
+    },
+    /// Refused, with the reason.
+    Rejected(String),
+}
+
+// ---------------------------------------------------------------------------
+// Controller <-> agent
+// ---------------------------------------------------------------------------
+
+/// What a node offers, as reported by its agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Schedulable CPUs (slots).
+    pub cpus: u32,
+    /// Schedulable memory in MiB.
+    pub mem_mib: u64,
+    /// Sockets found.
+    pub sockets: u32,
+    /// Physical cores found.
+    pub cores: u32,
+    /// Hardware threads found.
+    pub threads: u32,
+    /// NUMA nodes found.
+    pub numa_nodes: u32,
+    /// Hostname as the node sees itself.
+    pub hostname: String,
+    /// The node's address on the cluster network, as the controller should show it.
+    pub addr: String,
+    /// Free-form features/labels given to the agent (`--feature`).
+    pub features: Vec<String>,
+    /// Agent software version.
+    pub agent_version: String,
+}
+
+/// What an agent knows about one job attempt when it (re)connects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The job.
+    pub job: JobId,
+    /// The attempt it was launched as.
+    pub attempt: u32,
+    /// Exits of local tasks that have ended, by global rank.
+    pub exits: Vec<(u32, ExitStatus)>,
+    /// Global ranks still running.
+    pub running: Vec<u32>,
+}
+
+/// First frame an agent sends on its control stream after `Welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterMsg {
+    /// Node name (must match the certificate).
+    pub name: String,
+    /// Hardware and labels.
+    pub inventory: Inventory,
+    /// Every job attempt the agent still holds (running or finished but not acknowledged).
+    pub jobs: Vec<JobReport>,
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Never started: the error that prevented it.
+    LaunchFailed(String),
+    /// The node was lost while the task ran.
+    NodeLost,
+}
+
+impl ExitStatus {
+    /// Shell-style number: the code, 128+signal, 255 for launch failures and lost nodes.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => *c,
+            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::LaunchFailed(_) | ExitStatus::NodeLost => 255,
+        }
+    }
+
+    /// True only for a clean exit 0.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Code(0))
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+            ExitStatus::LaunchFailed(e) => write!(f, "launch failed: {e}"),
+            ExitStatus::NodeLost => write!(f, "node lost"),
+        }
+    }
+}
+
+/// One task (rank) to start on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMsg {
+    /// Global rank.
+    pub rank: u32,
+    /// Rank among the tasks on this node.
+    pub local_rank: u32,
+}
+
+/// Start the local part of a job attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchMsg {
+    /// The job.
+    pub job: JobId,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The job as submitted.
+    pub spec: JobSpec,
+    /// This node's index in the allocation (0 = main node).
+    pub node_rank: u32,
+    /// Names of all allocated nodes, in node-rank order.
+    pub nodelist: Vec<String>,
+    /// Addresses of all allocated nodes, in node-rank order.
+    pub node_addrs: Vec<String>,
+    /// Tasks per node, in node-rank order.
+    pub tasks_per_node: Vec<u32>,
+    /// Tasks to start here.
+    pub tasks: Vec<TaskMsg>,
+}
+
+/// Why tasks are being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KillReason {
+    /// A user or admin cancelled the job.
+    Cancelled,
+    /// The attempt ran past its time limit.
+    Timeout,
+    /// Another task of the job failed or could not start.
+    PeerFailed,
+    /// The controller does not know this job attempt (any more).
+    Orphaned,
+}
+
+/// Stop the local tasks of a job attempt: SIGTERM to every task's process group,
+/// SIGKILL after `grace_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillMsg {
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub attempt: u32,
+    /// Why.
+    pub reason: KillReason,
+    /// Milliseconds between SIGTERM and SIGKILL.
+    pub grace_ms: u64,
+}
+
+/// Controller to agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Registration accepted.
+    Registered {
+        /// The node's id.
+        node: NodeId,
+        /// How often to heartbeat.
+        heartbeat_ms: u64,
+    },
+    /// Start tasks.
+    Launch(LaunchMsg),
+    /// Stop tasks.
+    Kill(KillMsg),
+    /// The controller durably recorded every exit of this attempt on this node;
+    /// the agent may forget it.
+    Forget {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Agent to controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromAgent {
+    /// First message on the control stream.
+    Register(RegisterMsg),
+    /// All local tasks of the attempt were spawned.
+    Started {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Output from a task, in order per (rank, stream).
+    Output {
+        /// The job.
+        job: JobId,
+        /// Global rank.
+        rank: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A task ended (or could not start).
+    TaskExited {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Global rank.
+        rank: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Liveness.
+    Heartbeat {
+        /// Tasks running on the node.
+        running_tasks: u32,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Client <-> controller
+// ---------------------------------------------------------------------------
+
+/// Everything a submission asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Display name.
+    pub name: String,
+    /// Queue name.
+    pub queue: String,
+    /// Nodes (`-N`).
+    pub nodes: u32,
+    /// Tasks (`-n`), spread block-wise over the nodes.
+    pub tasks: u32,
+    /// CPUs per task (`-c`).
+    pub cpus_per_task: u32,
+    /// Memory per node in MiB (0 = no request).
+    pub mem_mib: u64,
+    /// Time limit per attempt in seconds (None = unlimited).
+    pub time_limit_s: Option<u64>,
+    /// Extra environment for every task.
+    pub env: Vec<(String, String)>,
+    /// Program and arguments. When `script` is set these are the script's arguments.
+    pub command: Vec<String>,
+    /// A batch script's text, copied at submit time; run with its shebang.
+    pub script: Option<String>,
+    /// Working directory on the nodes.
+    pub cwd: String,
+    /// Output file pattern on the nodes (`%j` job, `%t` rank, `%N` node, `%x` name, `%%`).
+    pub output: Option<String>,
+    /// Error file pattern (defaults to `output` when only that is given).
+    pub error: Option<String>,
+    /// Submitting user, from the credential.
+    pub user: String,
+}
+
+/// Job states (AWS Batch's, plus CANCELLED for jobs cancelled before they start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// Accepted, not yet evaluated.
+    Submitted,
+    /// Waiting for dependencies.
+    Pending,
+    /// Waiting for resources.
+    Runnable,
+    /// Allocated; tasks being started.
+    Starting,
+    /// All nodes started their tasks.
+    Running,
+    /// Every task exited 0.
+    Succeeded,
+    /// Some task failed, timed out, was cancelled while running, or a node was lost.
+    Failed,
+    /// Cancelled before it started.
+    Cancelled,
+}
+
+impl JobState {
+    /// True for SUCCEEDED, FAILED and CANCELLED.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// Upper-case name as shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Submitted => "SUBMITTED",
+            JobState::Pending => "PENDING",
+            JobState::Runnable => "RUNNABLE",
+            JobState::Starting => "STARTING",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-task record in [`JobInfo`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Global rank.
+    pub rank: u32,
+    /// Node it ran on.
+    pub node: String,
+    /// How it ended, if it has.
+    pub exit: Option<ExitStatus>,
+}
+
+/// A job as reported to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Id.
+    pub id: JobId,
+    /// The submission.
+    pub spec: JobSpec,
+    /// State.
+    pub state: JobState,
+    /// Machine-readable reason for a waiting or failed job (`Resources`, `Priority`, `NonZeroExit`, ...).
+    pub reason: Option<String>,
+    /// One-sentence explanation.
+    pub reason_text: Option<String>,
+    /// Attempt number (0 before the first start).
+    pub attempt: u32,
+    /// Allocated nodes, in node-rank order.
+    pub nodes: Vec<String>,
+    /// Per-task state (empty before the job starts).
+    pub tasks: Vec<TaskInfo>,
+    /// Job exit code (highest task code) once terminal.
+    pub exit_code: Option<i32>,
+    /// Microseconds since the Unix epoch.
+    pub submit_time: u64,
+    /// When the current attempt started.
+    pub start_time: Option<u64>,
+    /// When the job ended.
+    pub end_time: Option<u64>,
+}
+
+/// Node states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Connected, nothing allocated.
+    Idle,
+    /// Connected, partly allocated.
+    Mixed,
+    /// Connected, fully allocated.
+    Allocated,
+    /// Connection lost recently; its tasks are presumed alive until the node timeout.
+    Unreachable,
+    /// Lost for longer than the node timeout; its jobs were failed.
+    Down,
+}
+
+impl NodeState {
+    /// Lower-case name as shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Idle => "idle",
+            NodeState::Mixed => "mixed",
+            NodeState::Allocated => "allocated",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// A node as reported to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: NodeState,
+    /// Inventory as last reported.
+    pub inventory: Inventory,
+    /// CPUs allocated to running jobs.
+    pub alloc_cpus: u32,
+    /// Memory allocated, MiB.
+    pub alloc_mem_mib: u64,
+    /// Jobs with tasks on the node.
+    pub jobs: Vec<JobId>,
+}
+
+/// A client request; one per stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Submit a job. `key` makes resubmission after a lost reply idempotent.
+    Submit {
+        /// The job.
+        spec: JobSpec,
+        /// Client-chosen idempotency key (random 128 bits).
+        key: Option<u128>,
+    },
+    /// List jobs; `all` includes finished ones.
+    Queue {
+        /// Include terminal jobs.
+        all: bool,
+    },
+    /// One job.
+    Show {
+        /// The job.
+        job: JobId,
+    },
+    /// Cancel jobs.
+    Cancel {
+        /// The jobs.
+        jobs: Vec<JobId>,
+    },
+    /// Output of a job; with `follow`, stream until the job ends.
+    Logs {
+        /// The job.
+        job: JobId,
+        /// Only this rank.
+        rank: Option<u32>,
+        /// Keep streaming until the job is terminal.
+        follow: bool,
+    },
+    /// Nodes.
+    Nodes,
+    /// Create a one-time join token (admin).
+    CreateToken {
+        /// Lifetime in seconds.
+        ttl_s: u64,
+    },
+    /// Create a user credential (admin).
+    AddUser {
+        /// User name.
+        name: String,
+        /// `admin` or `user`.
+        role: String,
+    },
+}
+
+/// Result of cancelling one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelOutcome {
+    /// Was waiting; now CANCELLED.
+    Cancelled,
+    /// Was running; its tasks are being terminated.
+    Terminating,
+    /// Already finished; nothing done.
+    AlreadyDone(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// Error categories a client can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is invalid; fix it and retry.
+    BadRequest,
+    /// The job or node does not exist.
+    NotFound,
+    /// The credential does not allow this.
+    Forbidden,
+    /// The controller failed internally; the request was not applied.
+    Internal,
+}
+
+/// A refused request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Category.
+    pub kind: ErrorKind,
+    /// Human-readable message naming the problem and the fix.
+    pub message: String,
+}
+
+/// Controller to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A job was accepted and durably recorded.
+    Submitted {
+        /// Its id.
+        job: JobId,
+    },
+    /// Jobs.
+    Jobs(Vec<JobInfo>),
+    /// One job.
+    Job(Box<JobInfo>),
+    /// Per-job cancel results, in request order.
+    Cancelled(Vec<(JobId, CancelOutcome)>),
+    /// Output; a `Logs` stream sends many of these.
+    Output {
+        /// Global rank.
+        rank: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Last frame of a `Logs` stream: the job's final record.
+    LogsEnd(Box<JobInfo>),
+    /// Nodes.
+    Nodes(Vec<NodeInfo>),
+    /// A join token.
+    Token(String),
+    /// A credential file's contents (JSON).
+    Credential(String),
+    /// The request was refused and changed nothing.
+    Error(ErrorMsg),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode};
+
+    /// Golden bytes: the handshake must never change shape, or version
+    /// mismatches could no longer be reported.
+    #[test]
+    fn hello_is_frozen() {
+        let h = Hello { version: 1, role: Role::Agent };
+        assert_eq!(encode(&h), vec![0x01, 0x00]);
+        let h = Hello { version: 300, role: Role::Join };
+        assert_eq!(encode(&h), vec![0xac, 0x02, 0x02]);
+        let r = HelloReply::Rejected(HandshakeError::VersionMismatch { ours: 1, theirs: 2 });
+        assert_eq!(encode(&r), vec![0x01, 0x00, 0x01, 0x02]);
+    }
+
+    #[test]
+    fn golden_submit_request() {
+        let spec = JobSpec {
+            name: "a".into(),
+            queue: "q".into(),
+            nodes: 2,
+            tasks: 4,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let bytes = encode(&Request::Submit { spec, key: Some(5) });
+        assert_eq!(
+            bytes,
+            vec![
+                0, // Request::Submit
+                1, b'a', 1, b'q', 2, 4, 1, 0, // name queue nodes tasks cpus mem
+                0, 0, // time_limit None, env []
+                1, 4, b't', b'r', b'u', b'e', // command
+                0, 0, 0, 0, 0, // script cwd output error user
+                1, 5 // key Some(5)
+            ]
+        );
+        let back: Request = decode(&bytes).unwrap();
+        assert!(matches!(back, Request::Submit { key: Some(5), .. }));
+    }
+
+    #[test]
+    fn exit_status_codes() {
+        assert_eq!(ExitStatus::Code(3).code(), 3);
+        assert_eq!(ExitStatus::Signal(9).code(), 137);
+        assert!(!ExitStatus::Signal(9).success());
+        assert!(ExitStatus::Code(0).success());
+    }
+}
