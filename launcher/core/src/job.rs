@@ -1,0 +1,139 @@
+//! Persistent records: a job with its current attempt, and a node's identity.
+//!
+//! These are exactly what the store keeps (postcard blobs); the core's live
+//! indexes are rebuilt from them on restart.
+
+use launcher_proto::{ExitStatus, Inventory, JobId, JobSpec, JobState, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One node's share of a job attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alloc {
+    /// The node.
+    pub node: NodeId,
+    /// Its name at allocation time.
+    pub name: String,
+    /// Its address at allocation time.
+    pub addr: String,
+    /// First global rank on the node.
+    pub first_rank: u32,
+    /// Number of tasks on the node.
+    pub tasks: u32,
+    /// CPUs held.
+    pub cpus: u32,
+    /// Memory held, MiB.
+    pub mem_mib: u64,
+    /// The agent confirmed that it spawned every local task.
+    pub started: bool,
+}
+
+/// Why a job failed (the first cause wins).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailReason {
+    /// A task exited non-zero or was killed by a signal.
+    NonZeroExit {
+        /// Rank.
+        rank: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// A task could not be started.
+    LaunchFailed {
+        /// Rank.
+        rank: u32,
+        /// Error text from the agent.
+        error: String,
+    },
+    /// A node holding tasks was lost.
+    NodeFail {
+        /// Node name.
+        node: String,
+    },
+    /// The attempt ran past `--time`.
+    Timeout,
+    /// Cancelled while running.
+    Cancelled,
+}
+
+impl FailReason {
+    /// Machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailReason::NonZeroExit { .. } => "NonZeroExit",
+            FailReason::LaunchFailed { .. } => "LaunchFailed",
+            FailReason::NodeFail { .. } => "NodeFail",
+            FailReason::Timeout => "Timeout",
+            FailReason::Cancelled => "Cancelled",
+        }
+    }
+
+    /// One sentence for `launcher show`.
+    pub fn text(&self) -> String {
+        match self {
+            FailReason::NonZeroExit { rank, status } => format!("rank {rank} ended with {status}"),
+            FailReason::LaunchFailed { rank, error } => format!("rank {rank} could not start: {error}"),
+            FailReason::NodeFail { node } => {
+                format!("node {node} was lost while the job ran (its agent stayed away past the node timeout)")
+            }
+            FailReason::Timeout => "the attempt ran past its --time limit and was terminated".into(),
+            FailReason::Cancelled => "cancelled while running; its tasks were terminated".into(),
+        }
+    }
+}
+
+/// A job and its current attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// The submission.
+    pub spec: JobSpec,
+    /// Idempotency key from the client.
+    pub key: Option<u128>,
+    /// State.
+    pub state: JobState,
+    /// Attempt number (0 before the first start).
+    pub attempt: u32,
+    /// Nodes of the current attempt, in node-rank order.
+    pub alloc: Vec<Alloc>,
+    /// Task exits of the current attempt, by rank.
+    pub exits: BTreeMap<u32, ExitStatus>,
+    /// First cause of failure.
+    pub fail: Option<FailReason>,
+    /// Termination requested (and why).
+    pub killing: Option<FailReason>,
+    /// Submit time, µs since epoch.
+    pub submit_time: u64,
+    /// Attempt start time.
+    pub start_time: Option<u64>,
+    /// End time.
+    pub end_time: Option<u64>,
+    /// Exit code once terminal.
+    pub exit_code: Option<i32>,
+}
+
+impl Job {
+    /// Absolute deadline of the running attempt, µs since epoch.
+    pub fn deadline(&self) -> Option<u64> {
+        let start = self.start_time?;
+        let limit = self.spec.time_limit_s?;
+        Some(start.saturating_add(limit.saturating_mul(1_000_000)))
+    }
+
+    /// The allocation entry holding `rank`.
+    pub fn alloc_of_rank(&self, rank: u32) -> Option<&Alloc> {
+        self.alloc.iter().find(|a| rank >= a.first_rank && rank < a.first_rank + a.tasks)
+    }
+}
+
+/// A node's identity and last inventory, as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Last reported inventory.
+    pub inventory: Inventory,
+}

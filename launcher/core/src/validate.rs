@@ -1,0 +1,93 @@
+//! Submission checks shared by the CLI (early, friendly errors) and the core
+//! (the authority: nothing invalid is ever accepted).
+
+use launcher_proto::JobSpec;
+
+/// Largest `-N` accepted.
+pub const MAX_NODES: u32 = 10_000;
+/// Largest `-n` accepted.
+pub const MAX_TASKS: u32 = 1_000_000;
+
+/// Check a job spec; the error names the field and how to fix it.
+pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
+    if spec.nodes == 0 {
+        return Err("-N/--nodes must be at least 1".into());
+    }
+    if spec.nodes > MAX_NODES {
+        return Err(format!(
+            "-N/--nodes {} is more than the {MAX_NODES} nodes a job may span",
+            spec.nodes
+        ));
+    }
+    if spec.tasks < spec.nodes {
+        return Err(format!(
+            "-n/--ntasks {} is smaller than -N/--nodes {}: every node needs at least one task; use -n {} or more, or fewer nodes",
+            spec.tasks, spec.nodes, spec.nodes
+        ));
+    }
+    if spec.tasks > MAX_TASKS {
+        return Err(format!("-n/--ntasks {} is more than the {MAX_TASKS} tasks a job may have", spec.tasks));
+    }
+    if spec.cpus_per_task == 0 || spec.cpus_per_task > 4096 {
+        return Err(format!("-c/--cpus-per-task {} must be between 1 and 4096", spec.cpus_per_task));
+    }
+    if spec.command.is_empty() && spec.script.is_none() {
+        return Err("nothing to run: give a command after `--` or a script file".into());
+    }
+    if spec.command.first().is_some_and(|c| c.is_empty()) && spec.script.is_none() {
+        return Err("the command is an empty string".into());
+    }
+    if spec.time_limit_s == Some(0) {
+        return Err("--time must be longer than zero".into());
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(format!("--env {k:?}: a variable name must be non-empty and contain no '=' or NUL"));
+        }
+    }
+    if spec.name.len() > 1024 {
+        return Err("--name is longer than 1024 bytes".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_spec() -> JobSpec {
+        JobSpec {
+            name: "x".into(),
+            queue: "default".into(),
+            nodes: 3,
+            tasks: 6,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_plain_job() {
+        validate_spec(&ok_spec()).unwrap();
+    }
+
+    #[test]
+    fn names_the_problem() {
+        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+            (Box::new(|s| s.nodes = 0), "at least 1"),
+            (Box::new(|s| s.nodes = 20_000), "more than the 10000 nodes"),
+            (Box::new(|s| s.tasks = 2), "smaller than -N/--nodes 3"),
+            (Box::new(|s| s.cpus_per_task = 0), "--cpus-per-task 0"),
+            (Box::new(|s| s.command.clear()), "nothing to run"),
+            (Box::new(|s| s.time_limit_s = Some(0)), "--time"),
+            (Box::new(|s| s.env.push(("A=B".into(), "c".into()))), "no '='"),
+        ];
+        for (mutate, want) in cases {
+            let mut s = ok_spec();
+            mutate(&mut s);
+            let err = validate_spec(&s).unwrap_err();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+}
