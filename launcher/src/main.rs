@@ -1,1 +1,215 @@
-fn main(){}
+//! `launcher`: parse → dispatch → exit code. `serve` runs the controller;
+//! `up` runs a whole cluster on this machine; the rest is the user CLI.
+
+use clap::{Parser, Subcommand};
+use launcher::cli::{self, client::CliError, jobargs::JobArgs, submit::Target};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// launcher: a self-hosted HPC batch system.
+///
+/// Exit codes: 0 ok, 1 the job failed, 2 usage error or refused request,
+/// 3 cannot reach or authenticate to the controller.
+#[derive(Parser, Debug)]
+#[command(name = "launcher", version, about, long_about)]
+struct Cli {
+    /// Credential file (default: $LAUNCHER_CRED, then ~/.config/launcher/cred.json).
+    #[arg(long, global = true, value_name = "FILE")]
+    cred: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the controller.
+    Serve {
+        /// State directory: cluster CA, SQLite database, job output.
+        #[arg(long, default_value = "/var/lib/launcher")]
+        state_dir: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7420")]
+        listen: SocketAddr,
+        /// host:port written into credentials (default: 127.0.0.1 and the listen port).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Create the state directory and CA, print where the admin credential is, and exit.
+        #[arg(long)]
+        init: bool,
+        /// Cluster name (first start only).
+        #[arg(long, default_value = "launcher")]
+        cluster: String,
+        /// Seconds between SIGTERM and SIGKILL when terminating tasks.
+        #[arg(long, default_value_t = 30)]
+        kill_grace: u64,
+        /// Seconds a node may stay unreachable before its jobs fail.
+        #[arg(long, default_value_t = 60)]
+        node_timeout: u64,
+    },
+    /// Submit a batch job: `submit [OPTIONS] SCRIPT [ARGS]` or `submit [OPTIONS] -- CMD [ARGS]`.
+    ///
+    /// A script's `#LAUNCHER` lines (before its first command) take the same
+    /// options; options on the command line win.
+    Submit {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Print only the job id.
+        #[arg(long)]
+        parsable: bool,
+        /// Script and its arguments, or `-- CMD ARGS`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT|-- CMD")]
+        target: Vec<String>,
+    },
+    /// Submit, stream every task's output, and exit with the job's exit code (Ctrl-C cancels).
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Prefix each output line with its rank (`3: ...`).
+        #[arg(short = 'l', long)]
+        label: bool,
+        /// Script and its arguments, or `-- CMD ARGS`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT|-- CMD")]
+        target: Vec<String>,
+    },
+    /// List jobs (waiting and running; --all adds finished ones).
+    Queue {
+        /// Include finished jobs.
+        #[arg(short, long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, why it is waiting or failed, nodes, per-task exits.
+    Show {
+        /// Job id.
+        job: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel jobs: waiting ones are dropped, running ones terminated on every node.
+    Cancel {
+        /// Job ids.
+        #[arg(required = true)]
+        jobs: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's output.
+    Logs {
+        /// Job id.
+        job: String,
+        /// Only this rank.
+        #[arg(long)]
+        rank: Option<u32>,
+        /// Keep streaming until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Prefix each line with its rank.
+        #[arg(short = 'l', long)]
+        label: bool,
+    },
+    /// List nodes.
+    Nodes {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join tokens for node agents (admin).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// User credentials (admin).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// A whole cluster on this machine: a controller plus N node agents (each in its
+    /// own network namespace when run as root). With `-- CMD`, run CMD against it and tear down.
+    Up(launcher::up::UpArgs),
+    /// Run a node agent (what `launcher up` starts; same as the `nodeagent` binary).
+    #[command(hide = true, name = "__agent")]
+    Agent(nodeagent::AgentArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a one-time join token.
+    Create {
+        /// How long it stays valid (`1h`, `30m`, `HH:MM:SS`).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Create a user credential.
+    Add {
+        /// User name.
+        name: String,
+        /// `user` or `admin`.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Write the credential here instead of printing it.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Agent(_));
+    nodeagent::init_tracing(if quiet { "info" } else { "warn" });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<CliError>().map(|c| c.code).unwrap_or(cli::client::exit::JOB_FAILED);
+            eprintln!("launcher: {e:#}");
+            code
+        }
+    };
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let cred = cli.cred;
+    match cli.cmd {
+        Cmd::Serve { state_dir, listen, advertise, init, cluster, kill_grace, node_timeout } => {
+            let cfg = launcher::controller::ServeConfig {
+                state_dir,
+                listen,
+                advertise,
+                cluster,
+                core: launcher_core::Config {
+                    kill_grace_ms: kill_grace * 1000,
+                    node_timeout_ms: node_timeout * 1000,
+                    ..Default::default()
+                },
+            };
+            launcher::serve(cfg, init).await
+        }
+        Cmd::Submit { job, parsable, target } => {
+            let t = Target { command_mode: cli::submit::command_mode_from_argv(), args: target };
+            cli::submit::submit(cred, job, t, parsable).await
+        }
+        Cmd::Run { job, label, target } => {
+            let t = Target { command_mode: cli::submit::command_mode_from_argv(), args: target };
+            cli::submit::run(cred, job, t, label).await
+        }
+        Cmd::Queue { all, json } => cli::queue(cred, all, json).await,
+        Cmd::Show { job, json } => cli::show(cred, job, json).await,
+        Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,
+        Cmd::Logs { job, rank, follow, label } => cli::logs(cred, job, rank, follow, label).await,
+        Cmd::Nodes { json } => cli::nodes(cred, json).await,
+        Cmd::Token { cmd: TokenCmd::Create { ttl } } => cli::token_create(cred, ttl).await,
+        Cmd::User { cmd: UserCmd::Add { name, role, out } } => cli::user_add(cred, name, role, out).await,
+        Cmd::Up(args) => launcher::up::up(args).await,
+        Cmd::Agent(args) => nodeagent::run(args).await.map(|_| 0),
+    }
+}

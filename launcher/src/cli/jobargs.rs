@@ -1,0 +1,288 @@
+//! Job options shared by `submit` and `run`, `#LAUNCHER` directives, and the
+//! Slurm-style value formats (`--time`, `--mem`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use launcher_proto::JobSpec;
+
+/// Resource and I/O options of a job. Every field is optional so that
+/// command-line values can override script directives field by field.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct JobArgs {
+    /// Job name (default: the program or script name).
+    #[arg(short = 'J', long)]
+    pub name: Option<String>,
+    /// Queue to submit to.
+    #[arg(short = 'q', long, visible_alias = "partition")]
+    pub queue: Option<String>,
+    /// Number of nodes, all allocated at once (gang).
+    #[arg(short = 'N', long = "nodes", allow_hyphen_values = true, value_name = "N")]
+    pub nodes: Option<String>,
+    /// Number of tasks (ranks), spread block-wise over the nodes (default: one per node).
+    #[arg(short = 'n', long = "ntasks", allow_hyphen_values = true, value_name = "N")]
+    pub tasks: Option<String>,
+    /// CPUs per task.
+    #[arg(short = 'c', long, value_name = "C")]
+    pub cpus_per_task: Option<u32>,
+    /// Memory per node: MiB, or with a unit (`512M`, `4G`).
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    /// Time limit per attempt: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH[:MM[:SS]]`, or `90s`/`15m`/`2h`.
+    #[arg(short = 't', long, value_name = "LIMIT")]
+    pub time: Option<String>,
+    /// Extra environment variable for every task, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node, `%x` name).
+    #[arg(short = 'o', long, value_name = "PATTERN")]
+    pub output: Option<String>,
+    /// Also write stderr to this file on the node (default: the --output file).
+    #[arg(short = 'e', long, value_name = "PATTERN")]
+    pub error: Option<String>,
+    /// Working directory of the tasks (default: the current directory).
+    #[arg(short = 'D', long, value_name = "DIR")]
+    pub chdir: Option<String>,
+}
+
+impl JobArgs {
+    /// Field by field: ours if set, else `other`'s. Env lists are concatenated
+    /// (`other` first, so ours win for the same key).
+    pub fn over(self, other: JobArgs) -> JobArgs {
+        JobArgs {
+            name: self.name.or(other.name),
+            queue: self.queue.or(other.queue),
+            nodes: self.nodes.or(other.nodes),
+            tasks: self.tasks.or(other.tasks),
+            cpus_per_task: self.cpus_per_task.or(other.cpus_per_task),
+            mem: self.mem.or(other.mem),
+            time: self.time.or(other.time),
+            env: other.env.into_iter().chain(self.env).collect(),
+            output: self.output.or(other.output),
+            error: self.error.or(other.error),
+            chdir: self.chdir.or(other.chdir),
+        }
+    }
+
+    /// Build the spec. `command` is the program and its arguments, or the
+    /// script's arguments when `script` is given.
+    pub fn to_spec(&self, command: Vec<String>, script: Option<(String, String)>) -> Result<JobSpec> {
+        let nodes = match &self.nodes {
+            Some(v) => parse_count(v, "-N/--nodes")?,
+            None => 1,
+        };
+        let tasks = match &self.tasks {
+            Some(v) => parse_count(v, "-n/--ntasks")?,
+            None => nodes,
+        };
+        let mut env = Vec::new();
+        for kv in &self.env {
+            let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
+            env.push((k.to_string(), v.to_string()));
+        }
+        let cwd = match &self.chdir {
+            Some(d) => std::path::absolute(d).with_context(|| format!("--chdir {d}"))?.to_string_lossy().into_owned(),
+            None => std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+        let default_name = match (&script, command.first()) {
+            (Some((path, _)), _) => basename(path),
+            (None, Some(c)) => basename(c),
+            (None, None) => "job".into(),
+        };
+        let spec = JobSpec {
+            name: self.name.clone().unwrap_or(default_name),
+            queue: self.queue.clone().unwrap_or_else(|| "default".into()),
+            nodes,
+            tasks,
+            cpus_per_task: self.cpus_per_task.unwrap_or(1),
+            mem_mib: self.mem.as_deref().map(parse_mem_mib).transpose()?.unwrap_or(0),
+            time_limit_s: self.time.as_deref().map(parse_time_s).transpose()?,
+            env,
+            command,
+            script: script.map(|(_, text)| text),
+            cwd,
+            output: self.output.clone(),
+            error: self.error.clone(),
+            user: String::new(),
+        };
+        launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
+        Ok(spec)
+    }
+}
+
+fn basename(p: &str) -> String {
+    std::path::Path::new(p).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
+}
+
+/// A positive count with an error that names the flag.
+pub fn parse_count(v: &str, flag: &str) -> Result<u32> {
+    let v = v.trim();
+    if v.starts_with('-') {
+        bail!("{flag} {v}: must be a positive whole number");
+    }
+    let n: u64 = v.parse().map_err(|_| anyhow!("{flag} {v:?}: must be a positive whole number"))?;
+    if n == 0 {
+        bail!("{flag} 0: must be at least 1");
+    }
+    u32::try_from(n).map_err(|_| anyhow!("{flag} {v}: absurdly large"))
+}
+
+/// Memory in MiB: bare numbers are MiB; K, M, G, T suffixes (optionally with B), any case.
+pub fn parse_mem_mib(v: &str) -> Result<u64> {
+    let s = v.trim().to_ascii_uppercase();
+    let s = s.strip_suffix('B').unwrap_or(&s);
+    let (num, mult_kib): (&str, u64) = match s.chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1),
+        Some('M') => (&s[..s.len() - 1], 1024),
+        Some('G') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('T') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1024),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| anyhow!("--mem {v:?}: expected MiB or a size like 512M, 4G"))?;
+    Ok((n.saturating_mul(mult_kib)).div_ceil(1024))
+}
+
+/// Slurm time formats, plus `90s`, `15m`, `2h`, `1d`.
+pub fn parse_time_s(v: &str) -> Result<u64> {
+    let bad = || anyhow!("--time {v:?}: expected MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]], or a number with s/m/h/d");
+    let s = v.trim();
+    if let Some(last) = s.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+        let n: u64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+        let mult = match last.to_ascii_lowercase() {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        return Ok(n * mult);
+    }
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().map_err(|_| bad())?, Some(r)),
+        None => (0, None),
+    };
+    let nums = |t: &str| t.split(':').map(|p| p.parse::<u64>().map_err(|_| bad())).collect::<Result<Vec<u64>>>();
+    let secs = match rest {
+        Some(r) => match nums(r)?.as_slice() {
+            [h] => h * 3600,
+            [h, m] => h * 3600 + m * 60,
+            [h, m, sec] => h * 3600 + m * 60 + sec,
+            _ => return Err(bad()),
+        },
+        None => match nums(s)?.as_slice() {
+            [m] => m * 60,
+            [m, sec] => m * 60 + sec,
+            [h, m, sec] => h * 3600 + m * 60 + sec,
+            _ => return Err(bad()),
+        },
+    };
+    Ok(days * 86400 + secs)
+}
+
+/// Split a directive line like a shell would (quotes and backslashes).
+pub fn shell_split(line: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut have = false;
+    let mut chars = line.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            (Some(_), c) => cur.push(c),
+            (None, '"') | (None, '\'') => {
+                quote = Some(c);
+                have = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if have || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                    have = false;
+                }
+            }
+            (None, '#') if cur.is_empty() && !have => break,
+            (None, c) => cur.push(c),
+        }
+    }
+    if quote.is_some() {
+        bail!("unterminated quote in {line:?}");
+    }
+    if have || !cur.is_empty() {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// The arguments of every `#LAUNCHER` line before the first command line.
+pub fn directives(script: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in script.lines().enumerate() {
+        let t = line.trim();
+        if i == 0 && t.starts_with("#!") {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("#LAUNCHER") {
+            out.extend(shell_split(rest).with_context(|| format!("script line {}", i + 1))?);
+        } else if t.is_empty() || t.starts_with('#') {
+            continue;
+        } else {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_s("10").unwrap(), 600);
+        assert_eq!(parse_time_s("10:30").unwrap(), 630);
+        assert_eq!(parse_time_s("01:00:00").unwrap(), 3600);
+        assert_eq!(parse_time_s("1-02").unwrap(), 86400 + 7200);
+        assert_eq!(parse_time_s("1-02:03:04").unwrap(), 86400 + 7200 + 184);
+        assert_eq!(parse_time_s("90s").unwrap(), 90);
+        assert_eq!(parse_time_s("2h").unwrap(), 7200);
+        assert!(parse_time_s("abc").unwrap_err().to_string().contains("--time"));
+    }
+
+    #[test]
+    fn memory() {
+        assert_eq!(parse_mem_mib("100").unwrap(), 100);
+        assert_eq!(parse_mem_mib("1G").unwrap(), 1024);
+        assert_eq!(parse_mem_mib("4GB").unwrap(), 4096);
+        assert_eq!(parse_mem_mib("10g").unwrap(), 10240);
+        assert_eq!(parse_mem_mib("954M").unwrap(), 954);
+        assert_eq!(parse_mem_mib("1536K").unwrap(), 2);
+        assert!(parse_mem_mib("lots").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("3", "-N").unwrap(), 3);
+        assert!(parse_count("-3", "-N/--nodes").unwrap_err().to_string().contains("-N/--nodes -3"));
+        assert!(parse_count("99999999999", "-N").unwrap_err().to_string().contains("absurd"));
+        assert!(parse_count("x", "-n").is_err());
+    }
+
+    #[test]
+    fn directive_lines() {
+        let s = "#!/bin/sh\n#LAUNCHER -N 2 -n 4\n# comment\n#LAUNCHER --name \"my job\" --env A=b # trailing\n\necho hi\n#LAUNCHER -N 9\n";
+        assert_eq!(directives(s).unwrap(), vec!["-N", "2", "-n", "4", "--name", "my job", "--env", "A=b"]);
+    }
+
+    #[test]
+    fn command_line_overrides_directives() {
+        let d = JobArgs { nodes: Some("2".into()), name: Some("d".into()), env: vec!["A=1".into()], ..Default::default() };
+        let c = JobArgs { nodes: Some("3".into()), env: vec!["A=2".into()], ..Default::default() };
+        let m = c.over(d);
+        assert_eq!(m.nodes.as_deref(), Some("3"));
+        assert_eq!(m.name.as_deref(), Some("d"));
+        assert_eq!(m.env, vec!["A=1", "A=2"]);
+    }
+}

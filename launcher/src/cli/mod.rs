@@ -1,0 +1,148 @@
+//! The user and admin CLI. One module per concern: `submit` (submit, run),
+//! read commands here (queue, show, cancel, logs, nodes), admin commands
+//! (token, user), shared argument parsing in `jobargs`, rendering in `output`.
+
+pub mod client;
+pub mod jobargs;
+pub mod output;
+pub mod submit;
+
+use anyhow::Result;
+use client::{check, exit, unexpected, usage, Client};
+use launcher_proto::{CancelOutcome, JobId, Request, Response};
+use std::path::PathBuf;
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Parse job ids, naming the bad one.
+pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
+    ids.iter()
+        .map(|s| s.parse::<JobId>().map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers, as printed by submit)"))))
+        .collect()
+}
+
+/// `launcher queue`.
+pub async fn queue(cred: Option<PathBuf>, all: bool, json: bool) -> Result<i32> {
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::Queue { all }).await?)? {
+        Response::Jobs(jobs) => {
+            if json {
+                print_json(&jobs)?;
+            } else {
+                print!("{}", output::jobs_table(&jobs));
+            }
+            Ok(exit::OK)
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher show`.
+pub async fn show(cred: Option<PathBuf>, job: String, json: bool) -> Result<i32> {
+    let job = parse_job_ids(&[job])?[0];
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::Show { job }).await?)? {
+        Response::Job(info) => {
+            if json {
+                print_json(&info)?;
+            } else {
+                print!("{}", output::job_details(&info));
+            }
+            Ok(exit::OK)
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher cancel`.
+pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, json: bool) -> Result<i32> {
+    let ids = parse_job_ids(&jobs)?;
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::Cancel { jobs: ids }).await?)? {
+        Response::Cancelled(out) => {
+            let mut code = exit::OK;
+            if json {
+                print_json(&out)?;
+            }
+            for (id, o) in &out {
+                let text = match o {
+                    CancelOutcome::Cancelled => "cancelled".to_string(),
+                    CancelOutcome::Terminating => "terminating (SIGTERM, then SIGKILL after the grace period)".to_string(),
+                    CancelOutcome::AlreadyDone(s) => format!("already finished ({s})"),
+                    CancelOutcome::NotFound => {
+                        code = exit::USAGE;
+                        "no such job".to_string()
+                    }
+                };
+                if !json {
+                    if matches!(o, CancelOutcome::NotFound) {
+                        eprintln!("launcher: job {id}: {text}");
+                    } else {
+                        println!("job {id}: {text}");
+                    }
+                }
+            }
+            Ok(code)
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher logs`.
+pub async fn logs(cred: Option<PathBuf>, job: String, rank: Option<u32>, follow: bool, label: bool) -> Result<i32> {
+    let job = parse_job_ids(&[job])?[0];
+    let client = Client::connect(cred).await?;
+    submit::follow(&client, job, rank, label, follow).await?;
+    Ok(exit::OK)
+}
+
+/// `launcher nodes`.
+pub async fn nodes(cred: Option<PathBuf>, json: bool) -> Result<i32> {
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::Nodes).await?)? {
+        Response::Nodes(nodes) => {
+            if json {
+                print_json(&nodes)?;
+            } else {
+                print!("{}", output::nodes_table(&nodes));
+            }
+            Ok(exit::OK)
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher token create`.
+pub async fn token_create(cred: Option<PathBuf>, ttl: String) -> Result<i32> {
+    let ttl_s = jobargs::parse_time_s(&ttl).map_err(|e| usage(e.to_string().replace("--time", "--ttl")))?;
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::CreateToken { ttl_s }).await?)? {
+        Response::Token(t) => {
+            println!("{t}");
+            Ok(exit::OK)
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher user add`.
+pub async fn user_add(cred: Option<PathBuf>, name: String, role: String, out: Option<PathBuf>) -> Result<i32> {
+    let client = Client::connect(cred).await?;
+    match check(client.call(&Request::AddUser { name: name.clone(), role }).await?)? {
+        Response::Credential(text) => {
+            match out {
+                Some(p) => {
+                    let c: nodeagent::wire::Credential = serde_json::from_str(&text)?;
+                    c.save(&p)?;
+                    eprintln!("wrote credential for {name} to {} (give it to the user; it is their identity)", p.display());
+                }
+                None => println!("{text}"),
+            }
+            Ok(exit::OK)
+        }
+        r => Err(unexpected(r)),
+    }
+}

@@ -1,0 +1,155 @@
+//! `launcher submit` and `launcher run`.
+
+use super::client::{check, exit, unexpected, usage, Client};
+use super::jobargs::{directives, JobArgs};
+use super::output::print_stream_chunk;
+use anyhow::{anyhow, Result};
+use clap::Parser;
+use launcher_proto::{JobId, JobInfo, JobSpec, JobState, Request, Response, Stream};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// What to run: `-- CMD ARGS` (command mode) or `SCRIPT [ARGS]` (script mode).
+pub struct Target {
+    /// `--` was given: run a command.
+    pub command_mode: bool,
+    /// Program/script and its arguments.
+    pub args: Vec<String>,
+}
+
+/// Was `--` present before the positional arguments of this subcommand?
+pub fn command_mode_from_argv() -> bool {
+    std::env::args().any(|a| a == "--")
+}
+
+/// Build a spec from flags plus, in script mode, the script's directives.
+pub fn build_spec(flags: JobArgs, target: Target) -> Result<JobSpec> {
+    if target.args.is_empty() {
+        return Err(usage("nothing to run: give a script file, or a command after `--` (e.g. `launcher submit -N 2 -- hostname`)"));
+    }
+    if target.command_mode {
+        return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
+    }
+    let path = PathBuf::from(&target.args[0]);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        usage(format!(
+            "cannot read script {}: {e} (to run a program instead, put it after `--`: `launcher submit -- {}`)",
+            path.display(),
+            target.args[0]
+        ))
+    })?;
+    let dir_args = directives(&text).map_err(|e| usage(format!("{}: {e:#}", path.display())))?;
+    #[derive(Parser)]
+    #[command(no_binary_name = true)]
+    struct Directives {
+        #[command(flatten)]
+        job: JobArgs,
+    }
+    let d = Directives::try_parse_from(&dir_args)
+        .map_err(|e| usage(format!("{}: bad #LAUNCHER directive: {}", path.display(), e.render().to_string().trim())))?;
+    let merged = flags.over(d.job);
+    merged
+        .to_spec(target.args[1..].to_vec(), Some((target.args[0].clone(), text)))
+        .map_err(|e| usage(format!("{e:#}")))
+}
+
+fn new_key() -> u128 {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
+    u128::from_le_bytes(b)
+}
+
+/// Submit and return the job id. Retries across a controller restart with
+/// the same idempotency key, so a job is created at most once.
+pub async fn submit_spec(client: &mut Client, spec: JobSpec) -> Result<JobId> {
+    let resp = check(client.call_retrying(&Request::Submit { spec, key: Some(new_key()) }).await?)?;
+    match resp {
+        Response::Submitted { job } => Ok(job),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `launcher submit`.
+pub async fn submit(cred: Option<PathBuf>, flags: JobArgs, target: Target, parsable: bool) -> Result<i32> {
+    let spec = build_spec(flags, target)?;
+    let mut client = Client::connect(cred).await?;
+    let job = submit_spec(&mut client, spec).await?;
+    if parsable {
+        println!("{job}");
+    } else {
+        println!("Submitted job {job}");
+    }
+    Ok(exit::OK)
+}
+
+/// Exit code for a finished job: 0, or its exit code (at least 1).
+pub fn job_exit_code(info: &JobInfo) -> i32 {
+    match info.state {
+        JobState::Succeeded => exit::OK,
+        _ => info.exit_code.unwrap_or(1).clamp(1, 255),
+    }
+}
+
+/// Stream a job's output until it ends; returns its final record.
+pub async fn follow(client: &Client, job: JobId, rank: Option<u32>, label: bool, follow: bool) -> Result<JobInfo> {
+    let mut s = client.stream(&Request::Logs { job, rank, follow }).await?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut partial: std::collections::HashMap<(u32, Stream), Vec<u8>> = Default::default();
+    loop {
+        let Some(resp) = s.recv::<Response>().await? else {
+            return Err(anyhow!("the controller ended the output stream early"));
+        };
+        match check(resp)? {
+            Response::Output { rank, stream, data } => {
+                if stream == Stream::Stdout {
+                    print_stream_chunk(&mut stdout.lock(), &mut partial, rank, stream, &data, label)?;
+                } else {
+                    print_stream_chunk(&mut stderr.lock(), &mut partial, rank, stream, &data, label)?;
+                }
+            }
+            Response::LogsEnd(info) => {
+                for ((rank, stream), rest) in partial.drain() {
+                    if !rest.is_empty() {
+                        let line = if label { format!("{rank}: ") } else { String::new() };
+                        let mut out: Box<dyn Write> =
+                            if stream == Stream::Stdout { Box::new(stdout.lock()) } else { Box::new(stderr.lock()) };
+                        out.write_all(line.as_bytes())?;
+                        out.write_all(&rest)?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+                stdout.lock().flush()?;
+                return Ok(*info);
+            }
+            r => return Err(unexpected(r)),
+        }
+    }
+}
+
+/// `launcher run`: submit, stream output, exit with the job's code; Ctrl-C cancels.
+pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: bool) -> Result<i32> {
+    let spec = build_spec(flags, target)?;
+    let mut client = Client::connect(cred).await?;
+    let job = submit_spec(&mut client, spec).await?;
+    let streaming = follow(&client, job, None, label, true);
+    tokio::pin!(streaming);
+    let info = loop {
+        tokio::select! {
+            r = &mut streaming => break r?,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("launcher: cancelling job {job} (Ctrl-C again to detach)");
+                let _ = client.call(&Request::Cancel { jobs: vec![job] }).await;
+                tokio::select! {
+                    r = &mut streaming => break r?,
+                    _ = tokio::signal::ctrl_c() => return Ok(130),
+                }
+            }
+        }
+    };
+    if info.state != JobState::Succeeded {
+        let why = info.reason_text.clone().unwrap_or_default();
+        eprintln!("launcher: job {job} {}: {why}", info.state);
+    }
+    Ok(job_exit_code(&info))
+}

@@ -1,0 +1,286 @@
+//! The driver: the only owner of [`Core`] and of the store.
+//!
+//! It runs on its own OS thread. Each turn it takes every input that is
+//! waiting (up to a bound), feeds them to the core, runs timeouts and a
+//! scheduling pass, commits everything the core asked to persist in **one**
+//! SQLite transaction, and only then sends messages to agents, replies to
+//! clients and wakes watchers. So an acknowledgement or a launch never leaves
+//! before the state behind it is on disk, and concurrent submissions share an
+//! fsync (group commit).
+
+use super::store::{CertIdentity, Store};
+use super::pki::{token_hash, Pki};
+use launcher_core::{Core, Effects, Record, SubmitOutcome, Time};
+use launcher_proto::{
+    CancelOutcome, ErrorKind, ErrorMsg, FromAgent, JobId, JobInfo, JobSpec, NodeId, NodeInfo, RegisterMsg, Response,
+    ToAgent,
+};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc::UnboundedSender, oneshot};
+
+/// Identities of issued certificates, shared with the network layer.
+pub type Identities = Arc<RwLock<HashMap<[u8; 32], CertIdentity>>>;
+
+/// A job changed (state or output): watchers re-check it.
+#[derive(Clone, Copy, Debug)]
+pub struct JobEvent {
+    /// The job.
+    pub job: JobId,
+}
+
+/// Work for the driver.
+pub enum Input {
+    /// Submit.
+    Submit { spec: JobSpec, key: Option<u128>, reply: oneshot::Sender<Response> },
+    /// List jobs.
+    Queue { all: bool, reply: oneshot::Sender<Vec<JobInfo>> },
+    /// One job.
+    Show { job: JobId, reply: oneshot::Sender<Option<JobInfo>> },
+    /// Cancel.
+    Cancel { jobs: Vec<JobId>, reply: oneshot::Sender<Vec<(JobId, CancelOutcome)>> },
+    /// Nodes.
+    Nodes { reply: oneshot::Sender<Vec<NodeInfo>> },
+    /// An agent registered on a new connection.
+    AgentUp { reg: RegisterMsg, tx: UnboundedSender<ToAgent>, reply: oneshot::Sender<(NodeId, u64)> },
+    /// A message from a registered agent.
+    Agent { node: NodeId, msg: FromAgent },
+    /// An agent's connection ended.
+    AgentDown { node: NodeId, generation: u64 },
+    /// Create a join token.
+    Token { ttl_s: u64, reply: oneshot::Sender<Result<String, String>> },
+    /// Create a user credential.
+    AddUser { name: String, role: String, reply: oneshot::Sender<Result<String, String>> },
+    /// An agent joins with a token.
+    Join { token: String, name: String, public_key: Vec<u8>, reply: oneshot::Sender<Result<String, String>> },
+    /// Stop the driver.
+    Shutdown,
+}
+
+/// Wall clock as core time.
+pub fn now() -> Time {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Time(d.as_micros() as u64)
+}
+
+#[derive(Default)]
+struct Fx {
+    records: Vec<Record>,
+    sends: Vec<(NodeId, ToAgent)>,
+    changed: Vec<JobId>,
+}
+
+impl Effects for Fx {
+    fn send(&mut self, node: NodeId, msg: ToAgent) {
+        self.sends.push((node, msg));
+    }
+    fn persist(&mut self, record: Record) {
+        self.records.push(record);
+    }
+    fn job_changed(&mut self, job: JobId) {
+        self.changed.push(job);
+    }
+}
+
+/// Everything the driver owns.
+pub struct Driver {
+    /// The scheduler state.
+    pub core: Core,
+    /// The database.
+    pub store: Store,
+    /// The CA.
+    pub pki: Pki,
+    /// Shared identity table.
+    pub ids: Identities,
+    /// Job change notifications.
+    pub events: broadcast::Sender<JobEvent>,
+    /// Address users should put in credentials.
+    pub public_addr: String,
+}
+
+type Reply = Box<dyn FnOnce() + Send>;
+
+impl Driver {
+    /// Run until `Shutdown` or every sender is gone.
+    pub fn run(mut self, rx: Receiver<Input>) {
+        let mut agents: HashMap<NodeId, (u64, UnboundedSender<ToAgent>)> = HashMap::new();
+        loop {
+            let first = match self.core.next_timeout() {
+                Some(t) => {
+                    let wait = Duration::from_micros(t.0.saturating_sub(now().0)).max(Duration::from_millis(1));
+                    match rx.recv_timeout(wait) {
+                        Ok(i) => Some(i),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(i) => Some(i),
+                    Err(_) => return,
+                },
+            };
+            let mut batch: Vec<Input> = first.into_iter().collect();
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            let t = now();
+            let mut fx = Fx::default();
+            let mut replies: Vec<Reply> = Vec::new();
+            let mut stop = false;
+            for input in batch {
+                if let Input::Shutdown = input {
+                    stop = true;
+                    continue;
+                }
+                self.handle(t, input, &mut fx, &mut replies, &mut agents);
+            }
+            self.core.on_timeout(t, &mut fx);
+            self.core.schedule(t, &mut fx);
+            if let Err(e) = self.store.commit(&fx.records) {
+                // Nothing from this batch may leave: the clients see an error
+                // and retry; the agents get nothing. Exit so a supervisor restarts
+                // us from the last consistent state.
+                tracing::error!("cannot commit state, stopping the controller: {e}");
+                std::process::exit(70);
+            }
+            for (node, msg) in fx.sends {
+                if let Some((_, tx)) = agents.get(&node) {
+                    let _ = tx.send(msg);
+                }
+            }
+            for r in replies {
+                r();
+            }
+            for job in fx.changed {
+                let _ = self.events.send(JobEvent { job });
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        t: Time,
+        input: Input,
+        fx: &mut Fx,
+        replies: &mut Vec<Reply>,
+        agents: &mut HashMap<NodeId, (u64, UnboundedSender<ToAgent>)>,
+    ) {
+        match input {
+            Input::Submit { spec, key, reply } => {
+                let resp = match self.core.on_submit(t, fx, spec, key) {
+                    SubmitOutcome::Accepted(job) | SubmitOutcome::Duplicate(job) => Response::Submitted { job },
+                    SubmitOutcome::Rejected(message) => Response::Error(ErrorMsg { kind: ErrorKind::BadRequest, message }),
+                };
+                replies.push(Box::new(move || {
+                    let _ = reply.send(resp);
+                }));
+            }
+            Input::Queue { all, reply } => {
+                let infos = self.core.job_infos(all);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(infos);
+                }));
+            }
+            Input::Show { job, reply } => {
+                // Answer after this batch commits, so a reader never sees a state
+                // that a crash could take back.
+                let info = self.core.job_info(job);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(info);
+                }));
+            }
+            Input::Cancel { jobs, reply } => {
+                let out = self.core.on_cancel(t, fx, &jobs);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(out);
+                }));
+            }
+            Input::Nodes { reply } => {
+                let _ = reply.send(self.core.node_infos());
+            }
+            Input::AgentUp { reg, tx, reply } => {
+                let (node, generation) = self.core.on_register(t, fx, reg);
+                agents.insert(node, (generation, tx));
+                replies.push(Box::new(move || {
+                    let _ = reply.send((node, generation));
+                }));
+            }
+            Input::Agent { node, msg } => self.core.on_agent(t, fx, node, msg),
+            Input::AgentDown { node, generation } => {
+                if agents.get(&node).is_some_and(|(g, _)| *g == generation) {
+                    agents.remove(&node);
+                }
+                self.core.on_disconnect(t, node, generation);
+            }
+            Input::Token { ttl_s, reply } => {
+                let r = self
+                    .pki
+                    .new_token()
+                    .map_err(|e| e.to_string())
+                    .and_then(|(tok, hash)| {
+                        self.store
+                            .add_token(&hash, t.0 + ttl_s.saturating_mul(1_000_000))
+                            .map(|_| tok)
+                            .map_err(|e| e.to_string())
+                    });
+                let _ = reply.send(r);
+            }
+            Input::AddUser { name, role, reply } => {
+                let r = self.add_user(&name, &role);
+                let _ = reply.send(r);
+            }
+            Input::Join { token, name, public_key, reply } => {
+                let r = self.join(t, &token, &name, &public_key);
+                let _ = reply.send(r);
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    /// Issue a user credential (JSON text).
+    pub fn add_user(&mut self, name: &str, role: &str) -> Result<String, String> {
+        if !matches!(role, "admin" | "user") {
+            return Err(format!("unknown role {role:?}: use admin or user"));
+        }
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("user name {name:?} must be letters, digits, '-', '_' or '.'"));
+        }
+        let (cred, fp) = self.pki.issue_user(name, &self.public_addr).map_err(|e| e.to_string())?;
+        let id = CertIdentity { kind: "user".into(), name: name.into(), role: role.into() };
+        self.store.add_cert(&fp, &id).map_err(|e| e.to_string())?;
+        self.ids.write().expect("ids lock").insert(fp, id);
+        serde_json::to_string_pretty(&cred).map_err(|e| e.to_string())
+    }
+
+    fn join(&mut self, t: Time, token: &str, name: &str, public_key: &[u8]) -> Result<String, String> {
+        if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("node name {name:?} must be 1-63 letters, digits, '-', '_' or '.'"));
+        }
+        if let Some(why) = self.store.use_token(&token_hash(token), t.0).map_err(|e| e.to_string())? {
+            return Err(why.to_string());
+        }
+        let issued = self.pki.issue_agent(name, public_key).map_err(|e| format!("bad public key: {e}"))?;
+        let id = CertIdentity { kind: "agent".into(), name: name.into(), role: "agent".into() };
+        self.store.add_cert(&issued.fingerprint, &id).map_err(|e| e.to_string())?;
+        self.ids.write().expect("ids lock").insert(issued.fingerprint, id);
+        Ok(issued.cert_pem)
+    }
+}
+
+/// Start the driver thread.
+pub fn spawn(driver: Driver) -> (Sender<Input>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::Builder::new()
+        .name("driver".into())
+        .spawn(move || driver.run(rx))
+        .expect("spawn driver thread");
+    (tx, h)
+}

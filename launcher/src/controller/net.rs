@@ -1,0 +1,395 @@
+//! The controller's QUIC endpoint.
+//!
+//! Every connection starts with the [`Hello`] handshake on its first stream.
+//! The peer's identity comes from its certificate's fingerprint, looked up in
+//! the table of certificates this cluster issued; the claimed role must match.
+//! - Agents keep the first stream as their control stream. Output chunks are
+//!   appended to `logs/<job>/<rank>.{out,err}` here, in arrival order, before
+//!   any later message (such as that task's exit) is handed to the driver.
+//! - Clients open one stream per [`Request`].
+//! - Joining agents (no certificate) may send one [`JoinMsg`] and nothing else.
+//!
+//! A malformed frame is answered with an error and closes only that stream or
+//! connection; the endpoint keeps serving.
+
+use super::driver::{Identities, Input, JobEvent};
+use super::store::CertIdentity;
+use anyhow::{anyhow, Result};
+use launcher_proto::{
+    ErrorKind, ErrorMsg, FromAgent, HandshakeError, Hello, HelloReply, JobId, JoinMsg, JoinReply, Request,
+    Response, Role, Stream, ToAgent, PROTOCOL_VERSION,
+};
+use nodeagent::wire::{fingerprint, FramedStream};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+/// Shared by every connection task.
+pub struct Ctx {
+    /// Driver inbox (std channel: sending never blocks).
+    pub driver: Mutex<Sender<Input>>,
+    /// Issued certificates.
+    pub ids: Identities,
+    /// Job change notifications.
+    pub events: broadcast::Sender<JobEvent>,
+    /// Where task output is kept.
+    pub logs_dir: PathBuf,
+    /// Cluster name.
+    pub cluster: String,
+}
+
+impl Ctx {
+    fn send(&self, i: Input) -> Result<()> {
+        self.driver.lock().expect("driver sender lock").send(i).map_err(|_| anyhow!("controller is shutting down"))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| anyhow!("controller is shutting down"))
+    }
+}
+
+/// Accept connections until the endpoint closes.
+pub async fn serve(ep: quinn::Endpoint, ctx: Arc<Ctx>) {
+    while let Some(incoming) = ep.accept().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = connection(conn, ctx).await {
+                        tracing::debug!("connection ended: {e:#}");
+                    }
+                }
+                Err(e) => tracing::info!("handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection, ids: &Identities) -> Result<Option<CertIdentity>, String> {
+    let Some(any) = conn.peer_identity() else { return Ok(None) };
+    let Ok(chain) = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else { return Ok(None) };
+    let Some(leaf) = chain.first() else { return Ok(None) };
+    let fp = fingerprint(leaf);
+    match ids.read().expect("ids lock").get(&fp) {
+        Some(id) => Ok(Some(id.clone())),
+        None => Err("this certificate was signed by the cluster CA but is not (or no longer) valid here: it was revoked or belongs to a reset cluster; get a new credential".into()),
+    }
+}
+
+async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<()> {
+    let ident = peer_identity(&conn, &ctx.ids);
+    let (send, recv) = conn.accept_bi().await?;
+    let mut s = FramedStream::new(send, recv);
+    let hello: Hello = match tokio::time::timeout(Duration::from_secs(5), s.recv()).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            let _ = s
+                .send(&HelloReply::Rejected(HandshakeError::Unauthenticated(format!(
+                    "malformed handshake ({e}); is this a launcher client of the same release?"
+                ))))
+                .await;
+            let _ = s.send.finish();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        reject(&mut s, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version }).await;
+        return Ok(());
+    }
+    let ident = match (ident, hello.role) {
+        (Err(why), _) => {
+            reject(&mut s, HandshakeError::Unauthenticated(why)).await;
+            return Ok(());
+        }
+        (Ok(None), Role::Join) => None,
+        (Ok(None), role) => {
+            reject(&mut s, HandshakeError::Unauthenticated(format!(
+                "no client certificate presented for role {role}: use a credential file (--cred or LAUNCHER_CRED) or join with a token"
+            )))
+            .await;
+            return Ok(());
+        }
+        (Ok(Some(id)), role) => {
+            let ok = matches!((id.kind.as_str(), role), ("agent", Role::Agent) | ("user", Role::Client));
+            if !ok {
+                reject(&mut s, HandshakeError::RoleMismatch { cert_role: format!("{}/{}", id.kind, id.name), claimed: role }).await;
+                return Ok(());
+            }
+            Some(id)
+        }
+    };
+    let identity = ident.as_ref().map(|i| format!("{}/{}", i.kind, i.name)).unwrap_or_else(|| "joining agent".into());
+    s.send(&HelloReply::Welcome { version: PROTOCOL_VERSION, cluster: ctx.cluster.clone(), identity }).await?;
+    match (hello.role, ident) {
+        (Role::Join, _) => join(s, &ctx).await,
+        (Role::Agent, Some(id)) => agent(conn, s, id, ctx).await,
+        (Role::Client, Some(id)) => {
+            let id = Arc::new(id);
+            loop {
+                let (send, recv) = match conn.accept_bi().await {
+                    Ok(x) => x,
+                    Err(_) => return Ok(()),
+                };
+                let (ctx, id) = (ctx.clone(), id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = request(FramedStream::new(send, recv), &ctx, &id).await {
+                        tracing::debug!("request stream: {e:#}");
+                    }
+                });
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn reject(s: &mut FramedStream, e: HandshakeError) {
+    tracing::info!("handshake refused: {e}");
+    let _ = s.send(&HelloReply::Rejected(e)).await;
+    let _ = s.send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.send.stopped()).await;
+}
+
+async fn join(mut s: FramedStream, ctx: &Ctx) -> Result<()> {
+    let msg: JoinMsg = match s.recv().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            s.send(&JoinReply::Rejected(format!("malformed join request: {e}"))).await?;
+            return Ok(());
+        }
+    };
+    let r = ctx.ask(|reply| Input::Join { token: msg.token, name: msg.name.clone(), public_key: msg.public_key, reply }).await?;
+    let reply = match r {
+        Ok(cert_pem) => {
+            let ca_pem = std::fs::read_to_string(ctx.logs_dir.parent().expect("logs dir has a parent").join("ca.pem"))?;
+            tracing::info!(name = msg.name, "agent joined");
+            JoinReply::Accepted { cert_pem, ca_pem }
+        }
+        Err(why) => {
+            tracing::warn!(name = msg.name, "join refused: {why}");
+            JoinReply::Rejected(why)
+        }
+    };
+    s.send(&reply).await?;
+    let _ = s.send.finish();
+    let _ = s.send.stopped().await;
+    Ok(())
+}
+
+/// Appends task output to per-rank files, keeping them open while a task runs.
+struct OutputSink {
+    dir: PathBuf,
+    open: HashMap<(JobId, u32, Stream), std::fs::File>,
+}
+
+impl OutputSink {
+    fn write(&mut self, job: JobId, rank: u32, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+        let key = (job, rank, stream);
+        if !self.open.contains_key(&key) {
+            let dir = self.dir.join(job.to_string());
+            std::fs::create_dir_all(&dir)?;
+            let ext = if stream == Stream::Stdout { "out" } else { "err" };
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{rank}.{ext}")))?;
+            if self.open.len() > 4096 {
+                self.open.clear();
+            }
+            self.open.insert(key, f);
+        }
+        self.open.get_mut(&key).expect("inserted").write_all(data)
+    }
+
+    fn close(&mut self, job: JobId, rank: u32) {
+        self.open.remove(&(job, rank, Stream::Stdout));
+        self.open.remove(&(job, rank, Stream::Stderr));
+    }
+}
+
+async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: Arc<Ctx>) -> Result<()> {
+    let FramedStream { mut send, mut recv } = s;
+    let reg = match recv.recv::<FromAgent>().await? {
+        Some(FromAgent::Register(r)) => r,
+        Some(_) => return Err(anyhow!("agent {} sent something before registering", id.name)),
+        None => return Ok(()),
+    };
+    if reg.name != id.name {
+        return Err(anyhow!("agent certificate is for {} but it registered as {}", id.name, reg.name));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ToAgent>();
+    let (node, generation) = ctx.ask(|reply| Input::AgentUp { reg, tx, reply }).await?;
+    tracing::info!(name = id.name, %node, "agent registered");
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(m) = rx.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&launcher_proto::encode_frame(&m));
+            while buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(m) => buf.extend_from_slice(&launcher_proto::encode_frame(&m)),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut sink = OutputSink { dir: ctx.logs_dir.clone(), open: HashMap::new() };
+    let result = loop {
+        let msg = match recv.recv::<FromAgent>().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        match msg {
+            FromAgent::Output { job, rank, stream, data } => {
+                if let Err(e) = sink.write(job, rank, stream, &data) {
+                    tracing::warn!(%job, rank, "cannot store output: {e}");
+                }
+                let _ = ctx.events.send(JobEvent { job });
+            }
+            FromAgent::TaskExited { job, rank, .. } => {
+                sink.close(job, rank);
+                ctx.send(Input::Agent { node, msg })?;
+            }
+            FromAgent::Heartbeat { .. } => {}
+            msg => ctx.send(Input::Agent { node, msg })?,
+        }
+    };
+    writer.abort();
+    conn.close(0u32.into(), b"bye");
+    let _ = ctx.send(Input::AgentDown { node, generation });
+    tracing::info!(name = id.name, "agent disconnected");
+    result
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error(ErrorMsg { kind, message: message.into() })
+}
+
+async fn request(mut s: FramedStream, ctx: &Ctx, id: &CertIdentity) -> Result<()> {
+    let req: Request = match s.recv().await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            s.send(&error(ErrorKind::BadRequest, format!("malformed request: {e}"))).await?;
+            let _ = s.send.finish();
+            return Ok(());
+        }
+    };
+    let admin = id.role == "admin";
+    let resp = match req {
+        Request::Submit { mut spec, key } => {
+            spec.user = id.name.clone();
+            ctx.ask(|reply| Input::Submit { spec, key, reply }).await?
+        }
+        Request::Queue { all } => Response::Jobs(ctx.ask(|reply| Input::Queue { all, reply }).await?),
+        Request::Show { job } => match ctx.ask(|reply| Input::Show { job, reply }).await? {
+            Some(info) => Response::Job(Box::new(info)),
+            None => error(ErrorKind::NotFound, format!("no job {job}")),
+        },
+        Request::Cancel { jobs } => Response::Cancelled(ctx.ask(|reply| Input::Cancel { jobs, reply }).await?),
+        Request::Nodes => Response::Nodes(ctx.ask(|reply| Input::Nodes { reply }).await?),
+        Request::Logs { job, rank, follow } => return logs(s, ctx, job, rank, follow).await,
+        Request::CreateToken { .. } | Request::AddUser { .. } if !admin => {
+            error(ErrorKind::Forbidden, format!("user {} is not an admin", id.name))
+        }
+        Request::CreateToken { ttl_s } => match ctx.ask(|reply| Input::Token { ttl_s, reply }).await? {
+            Ok(t) => Response::Token(t),
+            Err(e) => error(ErrorKind::Internal, e),
+        },
+        Request::AddUser { name, role } => match ctx.ask(|reply| Input::AddUser { name, role, reply }).await? {
+            Ok(c) => Response::Credential(c),
+            Err(e) => error(ErrorKind::BadRequest, e),
+        },
+    };
+    s.send(&resp).await?;
+    let _ = s.send.finish();
+    Ok(())
+}
+
+/// Send whatever output was appended since the last call.
+async fn send_new_output(
+    s: &mut FramedStream,
+    dir: &std::path::Path,
+    rank: Option<u32>,
+    offsets: &mut HashMap<String, u64>,
+) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let mut files: Vec<(u32, Stream, PathBuf, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (r, ext) = name.split_once('.')?;
+            let r: u32 = r.parse().ok()?;
+            let stream = match ext {
+                "out" => Stream::Stdout,
+                "err" => Stream::Stderr,
+                _ => return None,
+            };
+            Some((r, stream, e.path(), name))
+        })
+        .filter(|(r, ..)| rank.is_none_or(|want| want == *r))
+        .collect();
+    files.sort();
+    let mut buf = vec![0u8; 256 * 1024];
+    for (r, stream, path, name) in files {
+        let off = offsets.entry(name).or_insert(0);
+        let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        f.seek(SeekFrom::Start(*off))?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            *off += n as u64;
+            s.send(&Response::Output { rank: r, stream, data: buf[..n].to_vec() }).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, follow: bool) -> Result<()> {
+    let mut events = ctx.events.subscribe();
+    let dir = ctx.logs_dir.join(job.to_string());
+    let mut offsets = HashMap::new();
+    loop {
+        // State first, then output: output reaches disk before the exit that
+        // makes a job terminal, so after seeing "terminal" one more read gets all.
+        let Some(info) = ctx.ask(|reply| Input::Show { job, reply }).await? else {
+            s.send(&error(ErrorKind::NotFound, format!("no job {job}"))).await?;
+            let _ = s.send.finish();
+            return Ok(());
+        };
+        send_new_output(&mut s, &dir, rank, &mut offsets).await?;
+        if !follow || info.state.is_terminal() {
+            s.send(&Response::LogsEnd(Box::new(info))).await?;
+            let _ = s.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.send.stopped()).await;
+            return Ok(());
+        }
+        // Wait for something about this job (or a periodic re-check).
+        let deadline = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(JobEvent { job: j }) if j == job => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = &mut deadline => break,
+                _ = s.send.stopped() => return Ok(()),
+            }
+        }
+    }
+}

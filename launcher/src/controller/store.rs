@@ -1,0 +1,232 @@
+//! SQLite state: one row per job and node (postcard snapshots of the core's
+//! records), an append-only job event history, issued certificates and join
+//! tokens.
+//!
+//! WAL with `synchronous=FULL`: a commit is on disk when `commit` returns.
+//! The driver calls `commit` once per batch of inputs (group commit), so many
+//! concurrent submissions share one fsync.
+
+use launcher_core::{Job, NodeRecord, Record};
+use launcher_proto::{decode, encode};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A row could not be decoded (written by an incompatible version?).
+    #[error("state database row {table}/{id} is unreadable: {source}")]
+    Decode {
+        /// Table.
+        table: &'static str,
+        /// Row id.
+        id: i64,
+        /// Why.
+        #[source]
+        source: launcher_proto::DecodeError,
+    },
+}
+
+/// Who a certificate belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// `agent` or `user`.
+    pub kind: String,
+    /// Node or user name.
+    pub name: String,
+    /// `admin`, `user` or `agent`.
+    pub role: String,
+}
+
+/// The state database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Open (creating tables if needed).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL, data BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, data BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL, time INTEGER NOT NULL, text TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_job ON events(job);
+             CREATE TABLE IF NOT EXISTS certs (fingerprint TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);",
+        )?;
+        Ok(Store { conn })
+    }
+
+    /// Write a batch of core records in one transaction. Later records of the
+    /// same job replace earlier ones within the batch.
+    pub fn commit(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut last_job: HashMap<u64, usize> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if let Record::Job(j) = r {
+                last_job.insert(j.id.0, i);
+            }
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut put_job = tx.prepare_cached("INSERT OR REPLACE INTO jobs (id, state, data) VALUES (?1, ?2, ?3)")?;
+            let mut put_node = tx.prepare_cached("INSERT OR REPLACE INTO nodes (id, name, data) VALUES (?1, ?2, ?3)")?;
+            let mut put_event = tx.prepare_cached("INSERT INTO events (job, time, text) VALUES (?1, ?2, ?3)")?;
+            for (i, r) in records.iter().enumerate() {
+                match r {
+                    Record::Job(j) if last_job.get(&j.id.0) == Some(&i) => {
+                        put_job.execute(params![j.id.0 as i64, j.state.as_str(), encode(&**j)])?;
+                    }
+                    Record::Job(_) => {}
+                    Record::Node(n) => {
+                        put_node.execute(params![n.id.0 as i64, n.name, encode(n)])?;
+                    }
+                    Record::Event { job, time, text } => {
+                        put_event.execute(params![job.0 as i64, time.0 as i64, text])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Everything needed to rebuild the core.
+    pub fn load(&self) -> Result<(Vec<NodeRecord>, Vec<Job>), StoreError> {
+        let mut nodes = Vec::new();
+        let mut st = self.conn.prepare("SELECT id, data FROM nodes ORDER BY id")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            nodes.push(decode(&data).map_err(|source| StoreError::Decode { table: "nodes", id, source })?);
+        }
+        let mut jobs = Vec::new();
+        let mut st = self.conn.prepare("SELECT id, data FROM jobs ORDER BY id")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            jobs.push(decode(&data).map_err(|source| StoreError::Decode { table: "jobs", id, source })?);
+        }
+        Ok((nodes, jobs))
+    }
+
+    /// A job's event history.
+    pub fn events(&self, job: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT time, text FROM events WHERE job = ?1 ORDER BY seq")?;
+        let rows = st.query_map([job as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record an issued certificate.
+    pub fn add_cert(&self, fp: &[u8; 32], id: &CertIdentity) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO certs (fingerprint, kind, name, role, revoked) VALUES (?1, ?2, ?3, ?4, 0)",
+            params![nodeagent::wire::hex(fp), id.kind, id.name, id.role],
+        )?;
+        Ok(())
+    }
+
+    /// All valid certificates.
+    pub fn certs(&self) -> Result<HashMap<[u8; 32], CertIdentity>, StoreError> {
+        let mut st = self.conn.prepare("SELECT fingerprint, kind, name, role FROM certs WHERE revoked = 0")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, CertIdentity { kind: r.get(1)?, name: r.get(2)?, role: r.get(3)? }))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (fp, id) = row?;
+            if let Some(bytes) = nodeagent::wire::unhex(&fp).filter(|b| b.len() == 32) {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&bytes);
+                out.insert(k, id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remember a join token (by hash) until `expires` (µs since epoch).
+    pub fn add_token(&self, hash: &str, expires: u64) -> Result<(), StoreError> {
+        self.conn.execute("INSERT INTO tokens (hash, expires) VALUES (?1, ?2)", params![hash, expires as i64])?;
+        Ok(())
+    }
+
+    /// Consume a token: Ok(None) if valid (now used), Ok(Some(why)) if not.
+    pub fn use_token(&self, hash: &str, now: u64) -> Result<Option<&'static str>, StoreError> {
+        let row: Option<(i64, i64)> = self
+            .conn
+            .query_row("SELECT expires, used FROM tokens WHERE hash = ?1", [hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            None => Some("unknown join token (was it created on this cluster?)"),
+            Some((_, used)) if used != 0 => Some("this join token was already used; tokens are one-time, create a new one"),
+            Some((exp, _)) if (exp as u64) < now => Some("this join token has expired; create a new one"),
+            Some(_) => {
+                self.conn.execute("UPDATE tokens SET used = 1 WHERE hash = ?1", [hash])?;
+                None
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use launcher_core::{Config, Core, Effects, SubmitOutcome, Time};
+    use launcher_proto::{JobSpec, NodeId, ToAgent};
+
+    #[derive(Default)]
+    struct Fx(Vec<Record>);
+    impl Effects for Fx {
+        fn send(&mut self, _: NodeId, _: ToAgent) {}
+        fn persist(&mut self, r: Record) {
+            self.0.push(r);
+        }
+        fn job_changed(&mut self, _: launcher_proto::JobId) {}
+    }
+
+    #[test]
+    fn committed_jobs_come_back_after_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let mut core = Core::new(Config::default());
+        let mut fx = Fx::default();
+        let spec = JobSpec { queue: "default".into(), nodes: 1, tasks: 1, cpus_per_task: 1, command: vec!["true".into()], ..Default::default() };
+        for _ in 0..3 {
+            assert!(matches!(core.on_submit(Time(5), &mut fx, spec.clone(), None), SubmitOutcome::Accepted(_)));
+        }
+        let mut s = Store::open(&p).unwrap();
+        s.commit(&fx.0).unwrap();
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        let (nodes, jobs) = s.load().unwrap();
+        assert!(nodes.is_empty());
+        assert_eq!(jobs.len(), 3);
+        let core2 = Core::restore(Config::default(), Time(6), nodes, jobs);
+        core2.sanity_check();
+        assert_eq!(core2.job_infos(false).len(), 3);
+    }
+
+    #[test]
+    fn tokens_are_one_time_and_expire() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.db")).unwrap();
+        s.add_token("h1", 100).unwrap();
+        s.add_token("h2", 10).unwrap();
+        assert_eq!(s.use_token("h1", 50).unwrap(), None);
+        assert!(s.use_token("h1", 50).unwrap().unwrap().contains("already used"));
+        assert!(s.use_token("h2", 50).unwrap().unwrap().contains("expired"));
+        assert!(s.use_token("nope", 50).unwrap().unwrap().contains("unknown"));
+    }
+}

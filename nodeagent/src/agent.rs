@@ -1,0 +1,239 @@
+//! The agent's controller connection: join, register, reconcile, dispatch.
+//!
+//! The agent keeps its tasks running whatever happens to the controller. When
+//! the connection drops it reconnects with backoff, re-registers, and reports
+//! every job attempt it still holds (running ranks and unacknowledged exits),
+//! so a restarted controller adopts them instead of running them twice. An
+//! attempt is forgotten only when the controller says it has recorded it
+//! (`Forget`).
+
+use crate::exec::{self, JobTable, NodeFacts};
+use crate::inventory;
+use crate::wire::{self, JoinToken};
+use anyhow::{anyhow, bail, Context, Result};
+use launcher_proto::{FromAgent, JobReport, JoinMsg, JoinReply, RegisterMsg, Role, ToAgent};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Command-line options of `nodeagent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Controller address, host:port.
+    #[arg(long, env = "LAUNCHER_CONTROLLER")]
+    pub controller: String,
+    /// One-time join token (`launcher token create`); needed only on first start.
+    #[arg(long, env = "LAUNCHER_JOIN_TOKEN")]
+    pub token: Option<String>,
+    /// Directory for the agent's certificate, key and job scratch files.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Schedulable CPUs to offer (default: the CPUs this process may use).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Schedulable memory to offer in MiB (default: MemTotal).
+    #[arg(long)]
+    pub mem_mib: Option<u64>,
+    /// A feature label for this node (repeatable).
+    #[arg(long = "feature")]
+    pub features: Vec<String>,
+}
+
+struct AgentCreds {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Join with a token if we have no certificate yet; otherwise load it.
+async fn ensure_creds(args: &AgentArgs, name: &str) -> Result<AgentCreds> {
+    let dir = &args.state_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    let (ca_p, cert_p, key_p) = (dir.join("ca.pem"), dir.join("agent.pem"), dir.join("agent.key"));
+    if cert_p.exists() && key_p.exists() && ca_p.exists() {
+        return Ok(AgentCreds {
+            ca: std::fs::read_to_string(&ca_p)?,
+            cert: std::fs::read_to_string(&cert_p)?,
+            key: std::fs::read_to_string(&key_p)?,
+        });
+    }
+    let token: JoinToken = args
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow!("no certificate in {} and no --token: create a join token with `launcher token create` and pass it with --token", dir.display()))?
+        .parse()?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let ep = wire::client_endpoint(wire::join_client_config(&token)?)?;
+    let addr = wire::resolve(&args.controller)?;
+    let (_conn, mut s, _) = wire::connect(&ep, addr, Role::Join, Duration::from_secs(5)).await?;
+    s.send(&JoinMsg { token: token.raw.clone(), name: name.to_string(), public_key: key.public_key_raw().to_vec() }).await?;
+    let reply: JoinReply = s.recv().await?.ok_or_else(|| anyhow!("controller closed the join stream"))?;
+    match reply {
+        JoinReply::Accepted { cert_pem, ca_pem } => {
+            write_private(&key_p, &key.serialize_pem())?;
+            std::fs::write(&cert_p, &cert_pem)?;
+            std::fs::write(&ca_p, &ca_pem)?;
+            tracing::info!(name, "joined the cluster");
+            Ok(AgentCreds { ca: ca_pem, cert: cert_pem, key: key.serialize_pem() })
+        }
+        JoinReply::Rejected(why) => bail!("join refused: {why}"),
+    }
+}
+
+fn write_private(p: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The address this host uses to reach the controller.
+fn local_addr_towards(controller: std::net::SocketAddr) -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect(controller)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// Run the agent until SIGTERM/SIGINT.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let creds = ensure_creds(&args, &name).await?;
+    let addr = wire::resolve(&args.controller)?;
+    let ep = wire::client_endpoint(wire::client_config(&creds.ca, &creds.cert, &creds.key)?)?;
+    let mut inv = inventory::discover(Path::new("/"));
+    inv.cpus = args.cpus.unwrap_or_else(inventory::usable_cpus);
+    if let Some(m) = args.mem_mib {
+        inv.mem_mib = m;
+    }
+    inv.hostname = hostname();
+    inv.features = args.features.clone();
+    inv.agent_version = env!("CARGO_PKG_VERSION").into();
+    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone() };
+    let table: JobTable = Default::default();
+    let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        inv.addr = local_addr_towards(addr);
+        let session = session(&ep, addr, &name, &inv, &facts, &table, &out_tx, &mut out_rx);
+        tokio::select! {
+            r = session => match r {
+                Ok(true) => backoff = Duration::from_millis(50),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("controller connection: {e:#}"),
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    tracing::info!("shutting down: killing local tasks");
+    exec::kill_all(&table);
+    Ok(())
+}
+
+fn reports(table: &JobTable) -> Vec<JobReport> {
+    table
+        .lock()
+        .expect("job table lock")
+        .iter()
+        .map(|(&(job, attempt), run)| JobReport {
+            job,
+            attempt,
+            exits: run.tasks.iter().filter_map(|(&r, t)| t.exit.clone().map(|e| (r, e))).collect(),
+            running: run.tasks.iter().filter(|(_, t)| t.exit.is_none()).map(|(&r, _)| r).collect(),
+        })
+        .collect()
+}
+
+/// One connection's life. Ok(true) if we registered (reset backoff).
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    ep: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    name: &str,
+    inv: &launcher_proto::Inventory,
+    facts: &NodeFacts,
+    table: &JobTable,
+    out_tx: &UnboundedSender<FromAgent>,
+    out_rx: &mut UnboundedReceiver<FromAgent>,
+) -> Result<bool> {
+    let (conn, mut ctl, _identity) = wire::connect(ep, addr, Role::Agent, Duration::from_secs(3)).await?;
+    ctl.send(&FromAgent::Register(RegisterMsg { name: name.to_string(), inventory: inv.clone(), jobs: reports(table) })).await?;
+    let heartbeat = match ctl.recv::<ToAgent>().await? {
+        Some(ToAgent::Registered { heartbeat_ms, node }) => {
+            tracing::info!(%node, "registered with the controller");
+            Duration::from_millis(heartbeat_ms.max(100))
+        }
+        Some(other) => bail!("expected Registered, got {other:?}"),
+        None => bail!("controller closed the control stream during registration"),
+    };
+    let wire::FramedStream { mut send, mut recv } = ctl;
+    let writer = async {
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.tick().await;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            tokio::select! {
+                m = out_rx.recv() => {
+                    let Some(m) = m else { return Ok::<(), anyhow::Error>(()) };
+                    // Coalesce whatever is queued into one write.
+                    buf.clear();
+                    buf.extend_from_slice(&launcher_proto::encode_frame(&m));
+                    while buf.len() < 256 * 1024 {
+                        match out_rx.try_recv() {
+                            Ok(m) => buf.extend_from_slice(&launcher_proto::encode_frame(&m)),
+                            Err(_) => break,
+                        }
+                    }
+                    send.write_all(&buf).await?;
+                }
+                _ = tick.tick() => {
+                    let running = reports(table).iter().map(|r| r.running.len() as u32).sum();
+                    send.write_all(&launcher_proto::encode_frame(&FromAgent::Heartbeat { running_tasks: running })).await?;
+                }
+            }
+        }
+    };
+    let reader = async {
+        while let Some(msg) = recv.recv::<ToAgent>().await? {
+            match msg {
+                ToAgent::Launch(l) => exec::launch(l, facts, table, out_tx),
+                ToAgent::Kill(k) => exec::kill(table, k.job, k.attempt, Duration::from_millis(k.grace_ms)),
+                ToAgent::Forget { job, attempt } => exec::forget(table, job, attempt),
+                ToAgent::Registered { .. } => {}
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let r = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    conn.close(0u32.into(), b"agent reconnecting");
+    r.map(|_| true).or_else(|e| {
+        tracing::warn!("lost the controller: {e:#}");
+        Ok(true)
+    })
+}

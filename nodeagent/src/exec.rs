@@ -1,0 +1,427 @@
+//! Starting, watching and stopping the tasks of a job on this node.
+//!
+//! Each task is a process in its own process group (so a signal reaches
+//! everything it started), with stdin closed and stdout/stderr piped. Its
+//! output is forwarded in order as `Output` messages (and appended to the
+//! `--output` file when one was asked for); only after both pipes reach end
+//! of file is `TaskExited` sent, so the controller has all of a task's output
+//! on disk before it learns that the task ended.
+
+use crate::hostlist;
+use launcher_proto::{ExitStatus, FromAgent, JobId, LaunchMsg, Stream};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Where a task stands.
+#[derive(Debug, Clone)]
+pub struct TaskRun {
+    /// Process group id once spawned.
+    pub pgid: Option<i32>,
+    /// How it ended.
+    pub exit: Option<ExitStatus>,
+}
+
+/// The local part of one job attempt.
+#[derive(Debug, Default)]
+pub struct JobRun {
+    /// Tasks by global rank.
+    pub tasks: BTreeMap<u32, TaskRun>,
+    /// Where the job's scratch files live (the script copy).
+    pub dir: Option<PathBuf>,
+}
+
+/// Every job attempt this agent holds, keyed by (job, attempt).
+pub type JobTable = Arc<Mutex<BTreeMap<(JobId, u32), JobRun>>>;
+
+/// Static facts about this node that go into every task's environment.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// The node's name in the cluster.
+    pub name: String,
+    /// Scratch directory for job files.
+    pub state_dir: PathBuf,
+}
+
+/// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
+pub fn expand_pattern(p: &str, job: JobId, rank: u32, node: &str, node_rank: u32, name: &str) -> String {
+    let mut out = String::with_capacity(p.len() + 8);
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('j') => out += &job.to_string(),
+            Some('t') => out += &rank.to_string(),
+            Some('N') => out += node,
+            Some('n') => out += &node_rank.to_string(),
+            Some('x') => out += name,
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// The environment every task of `msg` gets, for global rank `rank` / local rank `local`.
+pub fn task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32) -> Vec<(String, String)> {
+    let spec = &msg.spec;
+    let job = msg.job.to_string();
+    let world = spec.tasks.to_string();
+    let nnodes = msg.nodelist.len().to_string();
+    let node_rank = msg.node_rank.to_string();
+    let local_size = msg.tasks.len().to_string();
+    let nodelist_csv = msg.nodelist.join(",");
+    let compressed = hostlist::compress(&msg.nodelist);
+    let main_addr = msg.node_addrs.first().cloned().unwrap_or_default();
+    let tasks_per_node = msg.tasks_per_node.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let master_port = (29500 + msg.job.0 % 2000).to_string();
+    let mut env = vec![
+        ("LAUNCHER_JOB_ID", job.clone()),
+        ("LAUNCHER_JOB_NAME", spec.name.clone()),
+        ("LAUNCHER_JOB_ATTEMPT", msg.attempt.to_string()),
+        ("LAUNCHER_RANK", rank.to_string()),
+        ("LAUNCHER_LOCAL_RANK", local.to_string()),
+        ("LAUNCHER_LOCAL_SIZE", local_size.clone()),
+        ("LAUNCHER_NODE_RANK", node_rank.clone()),
+        ("LAUNCHER_NNODES", nnodes.clone()),
+        ("LAUNCHER_WORLD_SIZE", world.clone()),
+        ("LAUNCHER_NODELIST", nodelist_csv),
+        ("LAUNCHER_NODENAME", facts.name.clone()),
+        ("LAUNCHER_CPUS_PER_TASK", spec.cpus_per_task.to_string()),
+        ("AWS_BATCH_JOB_ID", job.clone()),
+        ("AWS_BATCH_JOB_ATTEMPT", msg.attempt.to_string()),
+        ("AWS_BATCH_JQ_NAME", spec.queue.clone()),
+        ("AWS_BATCH_JOB_NODE_INDEX", node_rank.clone()),
+        ("AWS_BATCH_JOB_NUM_NODES", nnodes.clone()),
+        ("AWS_BATCH_JOB_MAIN_NODE_INDEX", "0".into()),
+        ("SLURM_JOB_ID", job.clone()),
+        ("SLURM_JOBID", job),
+        ("SLURM_JOB_NAME", spec.name.clone()),
+        ("SLURM_PROCID", rank.to_string()),
+        ("SLURM_LOCALID", local.to_string()),
+        ("SLURM_NODEID", node_rank.clone()),
+        ("SLURM_NTASKS", world.clone()),
+        ("SLURM_NPROCS", world.clone()),
+        ("SLURM_NNODES", nnodes.clone()),
+        ("SLURM_JOB_NUM_NODES", nnodes),
+        ("SLURM_JOB_NODELIST", compressed.clone()),
+        ("SLURM_NODELIST", compressed),
+        ("SLURM_TASKS_PER_NODE", tasks_per_node),
+        ("SLURM_NTASKS_PER_NODE", local_size.clone()),
+        ("SLURM_CPUS_PER_TASK", spec.cpus_per_task.to_string()),
+        ("MASTER_ADDR", main_addr.clone()),
+        ("MASTER_PORT", master_port),
+        ("RANK", rank.to_string()),
+        ("WORLD_SIZE", world),
+        ("LOCAL_RANK", local.to_string()),
+        ("LOCAL_WORLD_SIZE", local_size),
+        ("NODE_RANK", node_rank),
+    ];
+    if msg.node_rank != 0 {
+        env.push(("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", main_addr));
+    }
+    let mut out: Vec<(String, String)> = spec.env.clone();
+    out.extend(env.into_iter().map(|(k, v)| (k.to_string(), v)));
+    out
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Start every local task of `msg`. Returns once all are spawned (or failed to
+/// spawn); exits arrive later through `out`.
+pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &UnboundedSender<FromAgent>) {
+    let key = (msg.job, msg.attempt);
+    {
+        let mut t = table.lock().expect("job table lock");
+        if t.contains_key(&key) {
+            // A resend after a reconnect: we already have it.
+            let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
+            return;
+        }
+        let mut run = JobRun::default();
+        for task in &msg.tasks {
+            run.tasks.insert(task.rank, TaskRun { pgid: None, exit: None });
+        }
+        t.insert(key, run);
+    }
+    let spec = &msg.spec;
+    // A script is copied at submit time; write it out once per attempt.
+    let mut program: Option<(PathBuf, Vec<String>)> = None;
+    let mut setup_error: Option<String> = None;
+    if let Some(script) = &spec.script {
+        let dir = facts.state_dir.join("jobs").join(format!("{}.{}", msg.job, msg.attempt));
+        let path = dir.join("script");
+        let res = std::fs::create_dir_all(&dir).and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, script)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+        });
+        match res {
+            Ok(()) => {
+                table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir);
+                if script.starts_with("#!") {
+                    program = Some((path, spec.command.clone()));
+                } else {
+                    let mut args = vec![path.to_string_lossy().into_owned()];
+                    args.extend(spec.command.iter().cloned());
+                    program = Some((PathBuf::from("/bin/sh"), args));
+                }
+            }
+            Err(e) => setup_error = Some(format!("cannot write the job script under {}: {e}", dir.display())),
+        }
+    } else if let Some((first, rest)) = spec.command.split_first() {
+        program = Some((PathBuf::from(first), rest.to_vec()));
+    }
+    let cwd = if spec.cwd.is_empty() { PathBuf::from("/") } else { PathBuf::from(&spec.cwd) };
+    if setup_error.is_none() && !cwd.is_dir() {
+        setup_error = Some(format!("working directory {} does not exist on node {}", cwd.display(), facts.name));
+    }
+
+    for task in &msg.tasks {
+        let rank = task.rank;
+        let fail = |e: String| {
+            record_exit(table, key, rank, ExitStatus::LaunchFailed(e.clone()));
+            let _ = out.send(FromAgent::TaskExited { job: msg.job, attempt: msg.attempt, rank, status: ExitStatus::LaunchFailed(e) });
+        };
+        if let Some(e) = &setup_error {
+            fail(e.clone());
+            continue;
+        }
+        let (prog, args) = program.clone().expect("program set when no setup error");
+        let mut cmd = tokio::process::Command::new(&prog);
+        cmd.args(&args)
+            .current_dir(&cwd)
+            .envs(task_env(&msg, facts, rank, task.local_rank))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
+        // task if the agent thread that forked it dies, so no task outlives a lost agent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let files = match open_output_files(&msg, facts, rank, &cwd) {
+            Ok(f) => f,
+            Err(e) => {
+                fail(e);
+                continue;
+            }
+        };
+        match cmd.spawn() {
+            Ok(child) => {
+                let pgid = child.id().map(|p| p as i32);
+                if let Some(t) = table.lock().expect("job table lock").get_mut(&key).and_then(|j| j.tasks.get_mut(&rank)) {
+                    t.pgid = pgid;
+                }
+                tokio::spawn(watch_task(child, msg.job, msg.attempt, rank, files, table.clone(), out.clone()));
+            }
+            Err(e) => fail(format!("cannot start {} on node {}: {e}", prog.display(), facts.name)),
+        }
+    }
+    let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
+}
+
+type OutFiles = (Option<std::fs::File>, Option<std::fs::File>);
+
+fn open_output_files(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, cwd: &Path) -> Result<OutFiles, String> {
+    let spec = &msg.spec;
+    let resolve = |p: &str| {
+        let e = expand_pattern(p, msg.job, rank, &facts.name, msg.node_rank, &spec.name);
+        let path = Path::new(&e);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            cwd.join(path)
+        }
+    };
+    let open = |p: PathBuf| open_append(&p).map_err(|e| format!("cannot open output file {}: {e}", p.display()));
+    let stdout = spec.output.as_deref().map(|p| open(resolve(p))).transpose()?;
+    let stderr = match (&spec.error, &spec.output) {
+        (Some(e), _) => Some(open(resolve(e))?),
+        (None, Some(o)) => Some(open(resolve(o))?),
+        (None, None) => None,
+    };
+    Ok((stdout, stderr))
+}
+
+fn record_exit(table: &JobTable, key: (JobId, u32), rank: u32, status: ExitStatus) {
+    if let Some(t) = table.lock().expect("job table lock").get_mut(&key).and_then(|j| j.tasks.get_mut(&rank)) {
+        t.exit = Some(status);
+    }
+}
+
+async fn pump(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    job: JobId,
+    rank: u32,
+    stream: Stream,
+    mut file: Option<std::fs::File>,
+    out: UnboundedSender<FromAgent>,
+) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(f) = file.as_mut() {
+                    if f.write_all(&buf[..n]).is_err() {
+                        file = None;
+                    }
+                }
+                let _ = out.send(FromAgent::Output { job, rank, stream, data: buf[..n].to_vec() });
+            }
+        }
+    }
+}
+
+async fn watch_task(
+    mut child: tokio::process::Child,
+    job: JobId,
+    attempt: u32,
+    rank: u32,
+    files: OutFiles,
+    table: JobTable,
+    out: UnboundedSender<FromAgent>,
+) {
+    let so = child.stdout.take().map(|s| tokio::spawn(pump(s, job, rank, Stream::Stdout, files.0, out.clone())));
+    let se = child.stderr.take().map(|s| tokio::spawn(pump(s, job, rank, Stream::Stderr, files.1, out.clone())));
+    let status = child.wait().await;
+    // A task that left a daemon holding its pipes open must not hang the job:
+    // give the pumps a moment to drain, then move on.
+    for h in [so, se].into_iter().flatten() {
+        let abort = h.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
+            abort.abort();
+        }
+    }
+    let status = match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (s.code(), s.signal()) {
+                (Some(c), _) => ExitStatus::Code(c),
+                (None, Some(sig)) => ExitStatus::Signal(sig),
+                (None, None) => ExitStatus::Code(255),
+            }
+        }
+        Err(e) => ExitStatus::LaunchFailed(format!("cannot wait for the task: {e}")),
+    };
+    record_exit(&table, (job, attempt), rank, status.clone());
+    let _ = out.send(FromAgent::TaskExited { job, attempt, rank, status });
+}
+
+/// Signal every live task of an attempt: SIGTERM now, SIGKILL after `grace`.
+pub fn kill(table: &JobTable, job: JobId, attempt: u32, grace: Duration) {
+    let pgids = live_pgids(table, job, attempt);
+    for &pg in &pgids {
+        // SAFETY: kill(2) with a negative pid signals a process group we created.
+        unsafe {
+            libc::kill(-pg, libc::SIGCONT);
+            libc::kill(-pg, libc::SIGTERM);
+        }
+    }
+    if pgids.is_empty() {
+        return;
+    }
+    let table = table.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for pg in live_pgids(&table, job, attempt) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pg, libc::SIGKILL);
+            }
+        }
+    });
+}
+
+fn live_pgids(table: &JobTable, job: JobId, attempt: u32) -> Vec<i32> {
+    let t = table.lock().expect("job table lock");
+    t.get(&(job, attempt))
+        .map(|j| j.tasks.values().filter(|t| t.exit.is_none()).filter_map(|t| t.pgid).collect())
+        .unwrap_or_default()
+}
+
+/// Kill everything (agent shutdown).
+pub fn kill_all(table: &JobTable) {
+    let keys: Vec<(JobId, u32)> = table.lock().expect("job table lock").keys().copied().collect();
+    for (j, a) in keys {
+        for pg in live_pgids(table, j, a) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pg, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Forget a finished attempt (the controller has recorded it).
+pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
+    let removed = {
+        let mut t = table.lock().expect("job table lock");
+        let done = t.get(&(job, attempt)).is_some_and(|j| j.tasks.values().all(|t| t.exit.is_some()));
+        if done {
+            t.remove(&(job, attempt))
+        } else {
+            None
+        }
+    };
+    if let Some(dir) = removed.and_then(|r| r.dir) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use launcher_proto::{JobSpec, TaskMsg};
+
+    #[test]
+    fn patterns() {
+        assert_eq!(expand_pattern("out-%j-%t-%N.%x.%%", JobId(7), 3, "n1", 0, "hello"), "out-7-3-n1.hello.%");
+        assert_eq!(expand_pattern("%q%", JobId(1), 0, "", 0, ""), "%q%");
+    }
+
+    #[test]
+    fn environment_sets() {
+        let msg = LaunchMsg {
+            job: JobId(12),
+            attempt: 1,
+            spec: JobSpec { name: "x".into(), queue: "default".into(), nodes: 2, tasks: 4, cpus_per_task: 1, ..Default::default() },
+            node_rank: 1,
+            nodelist: vec!["node1".into(), "node2".into()],
+            node_addrs: vec!["10.0.0.2".into(), "10.0.0.3".into()],
+            tasks_per_node: vec![2, 2],
+            tasks: vec![TaskMsg { rank: 2, local_rank: 0 }, TaskMsg { rank: 3, local_rank: 1 }],
+        };
+        let facts = NodeFacts { name: "node2".into(), state_dir: "/tmp".into() };
+        let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
+        assert_eq!(env["LAUNCHER_RANK"], "3");
+        assert_eq!(env["LAUNCHER_LOCAL_RANK"], "1");
+        assert_eq!(env["LAUNCHER_NODE_RANK"], "1");
+        assert_eq!(env["LAUNCHER_WORLD_SIZE"], "4");
+        assert_eq!(env["LAUNCHER_NODELIST"], "node1,node2");
+        assert_eq!(env["SLURM_JOB_NODELIST"], "node[1-2]");
+        assert_eq!(env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"], "10.0.0.2");
+        assert_eq!(env["MASTER_ADDR"], "10.0.0.2");
+        assert_eq!(env["RANK"], "3");
+    }
+}
