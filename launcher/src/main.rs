@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(long)]
         parsable: bool,
         /// Script and its arguments, or `-- CMD ARGS`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT|-- CMD")]
+        #[arg(trailing_var_arg = true, value_name = "SCRIPT|-- CMD")]
         target: Vec<String>,
     },
     /// Submit, stream every task's output, and exit with the job's exit code (Ctrl-C cancels).
@@ -68,7 +68,7 @@ enum Cmd {
         #[arg(short = 'l', long)]
         label: bool,
         /// Script and its arguments, or `-- CMD ARGS`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT|-- CMD")]
+        #[arg(trailing_var_arg = true, value_name = "SCRIPT|-- CMD")]
         target: Vec<String>,
     },
     /// List jobs (waiting and running; --all adds finished ones).

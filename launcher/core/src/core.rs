@@ -602,11 +602,19 @@ impl Core {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let ok = job.fail.is_none() && job.exits.values().all(ExitStatus::success);
         job.state = if ok { JobState::Succeeded } else { JobState::Failed };
-        job.exit_code = Some(job.exits.values().map(ExitStatus::code).max().unwrap_or(0));
         if job.fail.is_none() && !ok {
             let (rank, status) = job.exits.iter().find(|(_, s)| !s.success()).expect("a failure exists");
             job.fail = Some(FailReason::NonZeroExit { rank: *rank, status: status.clone() });
         }
+        // The job's code is its cause's: the first failing rank's code, not the
+        // 143s of the ranks we terminated because of it.
+        let highest = job.exits.values().map(ExitStatus::code).max().unwrap_or(0);
+        job.exit_code = Some(match &job.fail {
+            None => 0,
+            Some(FailReason::NonZeroExit { status, .. }) => status.code(),
+            Some(FailReason::LaunchFailed { .. }) | Some(FailReason::NodeFail { .. }) => 255,
+            Some(FailReason::Timeout) | Some(FailReason::Cancelled) => highest.max(1),
+        });
         job.end_time = Some(now.0);
         if let Some(d) = job.deadline() {
             self.deadlines.remove(&(d, id));

@@ -88,10 +88,12 @@ pub fn start(cfg: ServeConfig) -> Result<Controller> {
     let cluster = pki.cluster().to_string();
     let mut drv = Driver { core, store, pki, ids: ids.clone(), events: events.clone(), public_addr: public.clone() };
 
-    // The admin credential always points at the current address.
+    // The admin credential: issued at first start, and again only if it is
+    // missing, unreadable, or points at another address.
     let admin_cred = dir.join("admin.cred");
-    let cred_text = drv.add_user("admin", "admin").map_err(|e| anyhow::anyhow!(e))?;
-    {
+    let current = nodeagent::wire::Credential::load(&admin_cred).ok().filter(|c| c.controller == public);
+    if current.is_none() {
+        let cred_text = drv.add_user("admin", "admin").map_err(|e| anyhow::anyhow!(e))?;
         let cred: nodeagent::wire::Credential = serde_json::from_str(&cred_text)?;
         cred.save(&admin_cred)?;
     }

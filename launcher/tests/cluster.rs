@@ -1,0 +1,137 @@
+//! Multi-process tests: a real controller and real agents (each in its own
+//! network namespace when run as root), driven through the real CLI.
+
+mod common;
+
+use common::{stderr, stdout, Cluster};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+fn namespaced(n: usize) -> Option<Cluster> {
+    if let Some(why) = common::netns_unavailable() {
+        println!("SKIP: multi-node namespace test needs root and iproute2: {why}");
+        return None;
+    }
+    Some(Cluster::start(n, 2, true))
+}
+
+#[test]
+fn three_namespaced_nodes_run_six_ranks_block_wise() {
+    let Some(c) = namespaced(3) else { return };
+    let out = c.cli(&["run", "-N", "3", "-n", "6", "--", "sh", "-c", "echo $LAUNCHER_RANK $(hostname) $LAUNCHER_NODE_RANK $LAUNCHER_WORLD_SIZE"]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let mut by_rank: BTreeMap<u32, (String, String)> = BTreeMap::new();
+    for line in stdout(&out).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "line {line:?}");
+        assert_eq!(f[3], "6", "world size");
+        assert!(by_rank.insert(f[0].parse().unwrap(), (f[1].to_string(), f[2].to_string())).is_none(), "rank printed twice");
+    }
+    assert_eq!(by_rank.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+    let hosts: BTreeSet<&String> = by_rank.values().map(|(h, _)| h).collect();
+    assert_eq!(hosts.len(), 3, "three distinct nodes: {by_rank:?}");
+    // Block distribution: ranks 2k and 2k+1 share node rank k.
+    for r in 0..6u32 {
+        assert_eq!(by_rank[&r].1, (r / 2).to_string(), "rank {r} node rank");
+        assert_eq!(by_rank[&r].0, by_rank[&(r - r % 2)].0, "rank {r} shares a host with its block");
+    }
+}
+
+#[test]
+fn one_failing_rank_fails_the_job_with_its_exit_code() {
+    let Some(c) = namespaced(3) else { return };
+    let out = c.cli(&["run", "-N", "3", "-n", "6", "--", "sh", "-c", "if [ $LAUNCHER_RANK = 4 ]; then exit 7; fi; sleep 60"]);
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("rank 4 ended with exit 7"), "{}", stderr(&out));
+    let jobs = c.json(&["queue", "--all", "--json"]);
+    let job = &jobs.as_array().unwrap()[0];
+    assert_eq!(job["state"], "Failed");
+    assert_eq!(job["reason"], "NonZeroExit");
+    assert_eq!(job["exit_code"], 7);
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 6);
+    assert_eq!(tasks[4]["exit"]["Code"], 7);
+    // The others were terminated, not left running for 60 s.
+    for (i, t) in tasks.iter().enumerate() {
+        if i != 4 {
+            assert!(t["exit"]["Signal"].is_number(), "rank {i}: {t}");
+        }
+    }
+}
+
+#[test]
+fn logs_show_stdout_and_stderr_per_rank() {
+    let c = Cluster::start(2, 2, false);
+    let out = c.cli(&["submit", "--parsable", "-N", "2", "-n", "2", "--", "sh", "-c", "echo out$LAUNCHER_RANK; echo err$LAUNCHER_RANK >&2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let j = c.wait_job(&id, Duration::from_secs(30));
+    assert_eq!(j["state"], "Succeeded");
+    let all = c.cli(&["logs", &id]);
+    assert_eq!(stdout(&all).lines().collect::<BTreeSet<_>>(), BTreeSet::from(["out0", "out1"]));
+    assert_eq!(stderr(&all).lines().collect::<BTreeSet<_>>(), BTreeSet::from(["err0", "err1"]));
+    let one = c.cli(&["logs", &id, "--rank", "1", "-l"]);
+    assert_eq!(stdout(&one), "1: out1\n");
+}
+
+#[test]
+fn script_directives_are_honoured_and_flags_override_them() {
+    let c = Cluster::start(2, 2, false);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\n#LAUNCHER -N 2 -n 4\n#LAUNCHER --name from-script --env GREETING=hi\necho \"$GREETING $LAUNCHER_RANK of $LAUNCHER_WORLD_SIZE $1\"\n").unwrap();
+    let out = c.cli(&["run", "-l", script.to_str().unwrap(), "arg1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: BTreeSet<String> = stdout(&out).lines().map(String::from).collect();
+    let want: BTreeSet<String> = (0..4).map(|r| format!("{r}: hi {r} of 4 arg1")).collect();
+    assert_eq!(lines, want);
+    let out = c.cli(&["run", "-n", "3", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 3, "command-line -n overrides the directive");
+    let jobs = c.json(&["queue", "--all", "--json"]);
+    assert_eq!(jobs[0]["spec"]["name"], "from-script");
+}
+
+#[test]
+fn cancel_terminates_a_running_job_and_time_limit_ends_another() {
+    let c = Cluster::start(2, 2, false);
+    let id = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "2", "--", "sleep", "60"])).trim().to_string();
+    // Wait until it runs, then cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.json(&["show", &id, "--json"])["state"] != "Running" {
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = c.cli(&["cancel", &id]);
+    assert!(stdout(&out).contains("terminating"), "{}", stdout(&out));
+    let j = c.wait_job(&id, Duration::from_secs(20));
+    assert_eq!((j["state"].as_str(), j["reason"].as_str()), (Some("Failed"), Some("Cancelled")));
+
+    let out = c.cli(&["run", "--time", "2s", "--", "sleep", "60"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("--time limit"), "{}", stderr(&out));
+    let jobs = c.json(&["queue", "--all", "--json"]);
+    assert_eq!(jobs.as_array().unwrap().last().unwrap()["reason"], "Timeout");
+
+    // Cancelling a waiting job: it never starts.
+    let big = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "4", "-c", "1", "--", "sleep", "30"])).trim().to_string();
+    let waiting = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "4", "--", "true"])).trim().to_string();
+    let show = c.json(&["show", &waiting, "--json"]);
+    assert_eq!(show["state"], "Runnable");
+    assert!(["Resources", "Priority"].contains(&show["reason"].as_str().unwrap()), "{show}");
+    c.cli(&["cancel", &waiting, &big]);
+    assert_eq!(c.wait_job(&waiting, Duration::from_secs(10))["state"], "Cancelled");
+}
+
+#[test]
+fn nodes_and_queue_have_json_and_tables() {
+    let c = Cluster::start(3, 2, false);
+    let nodes = c.json(&["nodes", "--json"]);
+    let names: BTreeSet<&str> = nodes.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["node1", "node2", "node3"]));
+    assert!(nodes.as_array().unwrap().iter().all(|n| n["inventory"]["cpus"] == 2 && n["state"] == "Idle"));
+    let t = stdout(&c.cli(&["nodes"]));
+    assert!(t.starts_with("NODE") && t.contains("node3") && t.contains("idle"), "{t}");
+    let q = stdout(&c.cli(&["queue"]));
+    assert!(q.starts_with("JOBID"), "{q}");
+}

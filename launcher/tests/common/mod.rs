@@ -1,0 +1,127 @@
+//! Helpers for multi-process tests: a `launcher up` cluster in the
+//! background, and running the real CLI against it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_launcher")
+}
+
+/// Why namespaces cannot be used here, if they cannot.
+pub fn netns_unavailable() -> Option<String> {
+    launcher::up::netns::available().err()
+}
+
+/// A `launcher up` running in the background until dropped.
+pub struct Cluster {
+    child: Child,
+    pub cred: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub netns: bool,
+}
+
+impl Cluster {
+    pub fn start(nodes: usize, cpus: u32, netns: bool) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["up", "--nodes", &nodes.to_string(), "--cpus-per-node", &cpus.to_string(), "--kill-grace", "3"])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !netns {
+            cmd.arg("--no-netns");
+        }
+        let mut child = cmd.spawn().expect("start launcher up");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
+        let cred = loop {
+            assert!(Instant::now() < deadline, "launcher up did not become ready:\n{seen}");
+            let Some(Ok(line)) = lines.next() else { panic!("launcher up exited early:\n{seen}") };
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(p) = line.trim().strip_prefix("export LAUNCHER_CRED=") {
+                break PathBuf::from(p);
+            }
+        };
+        // Keep draining stderr so the cluster never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Cluster { child, cred, dir, netns }
+    }
+
+    /// Run the CLI with this cluster's credential.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args).env("LAUNCHER_CRED", &self.cred).stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run launcher")
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("valid JSON")
+    }
+
+    /// Wait until a job is terminal; returns its JSON.
+    pub fn wait_job(&self, id: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.json(&["show", id, "--json"]);
+            let st = j["state"].as_str().unwrap().to_string();
+            if ["Succeeded", "Failed", "Cancelled"].contains(&st.as_str()) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {st} after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn controller_dir(&self) -> PathBuf {
+        self.dir.path().join("controller")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
