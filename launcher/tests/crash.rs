@@ -1,0 +1,161 @@
+//! Durability: 500 jobs submitted by concurrent clients while the controller
+//! is `kill -9`ed and restarted twice. Every acknowledged job must reach a
+//! terminal state exactly once: its side effect (appending its id to a file)
+//! happens once, and `queue --json` agrees.
+
+mod common;
+
+use common::{bin, stderr, stdout};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_controller(dir: &Path, port: u16) -> Child {
+    Command::new(bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--node-timeout", "60", "--kill-grace", "2", "--state-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start controller")
+}
+
+fn cli(cred: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env("LAUNCHER_CRED", cred)
+        .env("LAUNCHER_CONNECT_TIMEOUT", "60")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn wait_for_cred(dir: &Path) -> PathBuf {
+    let cred = dir.join("admin.cred");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cred.exists() {
+        assert!(Instant::now() < deadline, "controller never wrote its credential");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cred
+}
+
+struct Killer(Vec<Child>);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("controller");
+    let effects = tmp.path().join("effects.txt");
+    std::fs::write(&effects, "").unwrap();
+    let port = free_udp_port();
+    let mut procs = Killer(vec![start_controller(&state, port)]);
+    let cred = wait_for_cred(&state);
+
+    // Two agents on loopback, 4 slots each.
+    for i in 1..=2 {
+        let out = cli(&cred, &["token", "create", "--ttl", "10m"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let token = stdout(&out).trim().to_string();
+        let agent = Command::new(bin())
+            .args(["__agent", "--controller", &format!("127.0.0.1:{port}"), "--token", &token, "--cpus", "4", "--name", &format!("n{i}"), "--state-dir"])
+            .arg(tmp.path().join(format!("agent{i}")))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.0.push(agent);
+    }
+
+    const CLIENTS: usize = 5;
+    const PER_CLIENT: usize = 100;
+    let acked: Arc<Mutex<Vec<u64>>> = Default::default();
+    let failed_submits = Arc::new(AtomicUsize::new(0));
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..CLIENTS {
+        let (cred, effects, acked, failed, submitted) =
+            (cred.clone(), effects.clone(), acked.clone(), failed_submits.clone(), submitted.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..PER_CLIENT {
+                let cmd = format!("echo $LAUNCHER_JOB_ID >> {}", effects.display());
+                let out = cli(&cred, &["submit", "--parsable", "--", "sh", "-c", &cmd]);
+                submitted.fetch_add(1, Ordering::SeqCst);
+                if out.status.success() {
+                    acked.lock().unwrap().push(stdout(&out).trim().parse().expect("job id"));
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("submit failed: {}", stderr(&out));
+                }
+            }
+        }));
+    }
+    // Kill -9 the controller twice while submissions are in flight.
+    for at in [120, 330] {
+        while submitted.load(Ordering::SeqCst) < at {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        procs.0[0].kill().unwrap(); // std's kill is SIGKILL: no chance to flush anything
+        procs.0[0].wait().unwrap();
+        procs.0[0] = start_controller(&state, port);
+        eprintln!("controller killed with SIGKILL and restarted after {at} submissions");
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    assert_eq!(failed_submits.load(Ordering::SeqCst), 0, "every submission is eventually acknowledged (clients retry with an idempotency key)");
+    assert_eq!(acked.len(), CLIENTS * PER_CLIENT);
+    let unique: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(unique.len(), acked.len(), "every submission got its own job id");
+
+    // Wait until every acknowledged job is terminal.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let jobs = loop {
+        let out = cli(&cred, &["queue", "--all", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let states: BTreeMap<u64, String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| (j["id"].as_u64().unwrap(), j["state"].as_str().unwrap().to_string()))
+            .collect();
+        let pending = unique.iter().filter(|id| states.get(id).is_none_or(|s| !["Succeeded", "Failed", "Cancelled"].contains(&s.as_str()))).count();
+        if pending == 0 {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "{pending} acknowledged jobs still not terminal");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for id in &unique {
+        assert_eq!(jobs.get(id).map(String::as_str), Some("Succeeded"), "job {id}");
+    }
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(&effects).unwrap().lines() {
+        *counts.entry(line.trim().parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "jobs whose side effect happened more than once: {twice:?}");
+    for id in &unique {
+        assert_eq!(counts.get(id), Some(&1), "job {id} side effect count");
+    }
+    assert_eq!(jobs.len(), unique.len(), "no job exists that no client was told about");
+}
