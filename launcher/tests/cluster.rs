@@ -18,14 +18,27 @@ fn namespaced(n: usize) -> Option<Cluster> {
 #[test]
 fn three_namespaced_nodes_run_six_ranks_block_wise() {
     let Some(c) = namespaced(3) else { return };
-    let out = c.cli(&["run", "-N", "3", "-n", "6", "--", "sh", "-c", "echo $LAUNCHER_RANK $(hostname) $LAUNCHER_NODE_RANK $LAUNCHER_WORLD_SIZE"]);
+    let out = c.cli(&[
+        "run",
+        "-N",
+        "3",
+        "-n",
+        "6",
+        "--",
+        "sh",
+        "-c",
+        "echo $LAUNCHER_RANK $(hostname) $LAUNCHER_NODE_RANK $LAUNCHER_WORLD_SIZE",
+    ]);
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     let mut by_rank: BTreeMap<u32, (String, String)> = BTreeMap::new();
     for line in stdout(&out).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 4, "line {line:?}");
         assert_eq!(f[3], "6", "world size");
-        assert!(by_rank.insert(f[0].parse().unwrap(), (f[1].to_string(), f[2].to_string())).is_none(), "rank printed twice");
+        assert!(
+            by_rank.insert(f[0].parse().unwrap(), (f[1].to_string(), f[2].to_string())).is_none(),
+            "rank printed twice"
+        );
     }
     assert_eq!(by_rank.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
     let hosts: BTreeSet<&String> = by_rank.values().map(|(h, _)| h).collect();
@@ -40,7 +53,8 @@ fn three_namespaced_nodes_run_six_ranks_block_wise() {
 #[test]
 fn one_failing_rank_fails_the_job_with_its_exit_code() {
     let Some(c) = namespaced(3) else { return };
-    let out = c.cli(&["run", "-N", "3", "-n", "6", "--", "sh", "-c", "if [ $LAUNCHER_RANK = 4 ]; then exit 7; fi; sleep 60"]);
+    let out =
+        c.cli(&["run", "-N", "3", "-n", "6", "--", "sh", "-c", "if [ $LAUNCHER_RANK = 4 ]; then exit 7; fi; sleep 60"]);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("rank 4 ended with exit 7"), "{}", stderr(&out));
     let jobs = c.json(&["queue", "--all", "--json"]);
@@ -62,7 +76,18 @@ fn one_failing_rank_fails_the_job_with_its_exit_code() {
 #[test]
 fn logs_show_stdout_and_stderr_per_rank() {
     let c = Cluster::start(2, 2, false);
-    let out = c.cli(&["submit", "--parsable", "-N", "2", "-n", "2", "--", "sh", "-c", "echo out$LAUNCHER_RANK; echo err$LAUNCHER_RANK >&2"]);
+    let out = c.cli(&[
+        "submit",
+        "--parsable",
+        "-N",
+        "2",
+        "-n",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo out$LAUNCHER_RANK; echo err$LAUNCHER_RANK >&2",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
     let j = c.wait_job(&id, Duration::from_secs(30));
@@ -114,7 +139,9 @@ fn cancel_terminates_a_running_job_and_time_limit_ends_another() {
     assert_eq!(jobs.as_array().unwrap().last().unwrap()["reason"], "Timeout");
 
     // Cancelling a waiting job: it never starts.
-    let big = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "4", "-c", "1", "--", "sleep", "30"])).trim().to_string();
+    let big = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "4", "-c", "1", "--", "sleep", "30"]))
+        .trim()
+        .to_string();
     let waiting = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "4", "--", "true"])).trim().to_string();
     let show = c.json(&["show", &waiting, "--json"]);
     assert_eq!(show["state"], "Runnable");

@@ -19,7 +19,16 @@ fn free_udp_port() -> u16 {
 
 fn start_controller(dir: &Path, port: u16) -> Child {
     Command::new(bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--node-timeout", "60", "--kill-grace", "2", "--state-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-timeout",
+            "60",
+            "--kill-grace",
+            "2",
+            "--state-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -75,7 +84,18 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
         assert!(out.status.success(), "{}", stderr(&out));
         let token = stdout(&out).trim().to_string();
         let agent = Command::new(bin())
-            .args(["__agent", "--controller", &format!("127.0.0.1:{port}"), "--token", &token, "--cpus", "4", "--name", &format!("n{i}"), "--state-dir"])
+            .args([
+                "__agent",
+                "--controller",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                &token,
+                "--cpus",
+                "4",
+                "--name",
+                &format!("n{i}"),
+                "--state-dir",
+            ])
             .arg(tmp.path().join(format!("agent{i}")))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -121,7 +141,11 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
         t.join().unwrap();
     }
     let acked: Vec<u64> = acked.lock().unwrap().clone();
-    assert_eq!(failed_submits.load(Ordering::SeqCst), 0, "every submission is eventually acknowledged (clients retry with an idempotency key)");
+    assert_eq!(
+        failed_submits.load(Ordering::SeqCst),
+        0,
+        "every submission is eventually acknowledged (clients retry with an idempotency key)"
+    );
     assert_eq!(acked.len(), CLIENTS * PER_CLIENT);
     let unique: BTreeSet<u64> = acked.iter().copied().collect();
     assert_eq!(unique.len(), acked.len(), "every submission got its own job id");
@@ -138,7 +162,10 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
             .iter()
             .map(|j| (j["id"].as_u64().unwrap(), j["state"].as_str().unwrap().to_string()))
             .collect();
-        let pending = unique.iter().filter(|id| states.get(id).is_none_or(|s| !["Succeeded", "Failed", "Cancelled"].contains(&s.as_str()))).count();
+        let pending = unique
+            .iter()
+            .filter(|id| states.get(id).is_none_or(|s| !["Succeeded", "Failed", "Cancelled"].contains(&s.as_str())))
+            .count();
         if pending == 0 {
             break states;
         }

@@ -80,7 +80,8 @@ async fn ensure_creds(args: &AgentArgs, name: &str) -> Result<AgentCreds> {
     let ep = wire::client_endpoint(wire::join_client_config(&token)?)?;
     let addr = wire::resolve(&args.controller)?;
     let (_conn, mut s, _) = wire::connect(&ep, addr, Role::Join, Duration::from_secs(5)).await?;
-    s.send(&JoinMsg { token: token.raw.clone(), name: name.to_string(), public_key: key.public_key_raw().to_vec() }).await?;
+    s.send(&JoinMsg { token: token.raw.clone(), name: name.to_string(), public_key: key.public_key_raw().to_vec() })
+        .await?;
     let reply: JoinReply = s.recv().await?.ok_or_else(|| anyhow!("controller closed the join stream"))?;
     match reply {
         JoinReply::Accepted { cert_pem, ca_pem } => {
@@ -180,7 +181,12 @@ async fn session(
     out_rx: &mut UnboundedReceiver<FromAgent>,
 ) -> Result<bool> {
     let (conn, mut ctl, _identity) = wire::connect(ep, addr, Role::Agent, Duration::from_secs(3)).await?;
-    ctl.send(&FromAgent::Register(RegisterMsg { name: name.to_string(), inventory: inv.clone(), jobs: reports(table) })).await?;
+    ctl.send(&FromAgent::Register(RegisterMsg {
+        name: name.to_string(),
+        inventory: inv.clone(),
+        jobs: reports(table),
+    }))
+    .await?;
     let heartbeat = match ctl.recv::<ToAgent>().await? {
         Some(ToAgent::Registered { heartbeat_ms, node }) => {
             tracing::info!(%node, "registered with the controller");
@@ -219,7 +225,7 @@ async fn session(
     let reader = async {
         while let Some(msg) = recv.recv::<ToAgent>().await? {
             match msg {
-                ToAgent::Launch(l) => exec::launch(l, facts, table, out_tx),
+                ToAgent::Launch(l) => exec::launch(*l, facts, table, out_tx),
                 ToAgent::Kill(k) => exec::kill(table, k.job, k.attempt, Duration::from_millis(k.grace_ms)),
                 ToAgent::Forget { job, attempt } => exec::forget(table, job, attempt),
                 ToAgent::Registered { .. } => {}

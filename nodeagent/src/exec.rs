@@ -194,7 +194,12 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         let rank = task.rank;
         let fail = |e: String| {
             record_exit(table, key, rank, ExitStatus::LaunchFailed(e.clone()));
-            let _ = out.send(FromAgent::TaskExited { job: msg.job, attempt: msg.attempt, rank, status: ExitStatus::LaunchFailed(e) });
+            let _ = out.send(FromAgent::TaskExited {
+                job: msg.job,
+                attempt: msg.attempt,
+                rank,
+                status: ExitStatus::LaunchFailed(e),
+            });
         };
         if let Some(e) = &setup_error {
             fail(e.clone());
@@ -228,7 +233,9 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         match cmd.spawn() {
             Ok(child) => {
                 let pgid = child.id().map(|p| p as i32);
-                if let Some(t) = table.lock().expect("job table lock").get_mut(&key).and_then(|j| j.tasks.get_mut(&rank)) {
+                if let Some(t) =
+                    table.lock().expect("job table lock").get_mut(&key).and_then(|j| j.tasks.get_mut(&rank))
+                {
                     t.pgid = pgid;
                 }
                 tokio::spawn(watch_task(child, msg.job, msg.attempt, rank, files, table.clone(), out.clone()));
@@ -405,7 +412,14 @@ mod tests {
         let msg = LaunchMsg {
             job: JobId(12),
             attempt: 1,
-            spec: JobSpec { name: "x".into(), queue: "default".into(), nodes: 2, tasks: 4, cpus_per_task: 1, ..Default::default() },
+            spec: JobSpec {
+                name: "x".into(),
+                queue: "default".into(),
+                nodes: 2,
+                tasks: 4,
+                cpus_per_task: 1,
+                ..Default::default()
+            },
             node_rank: 1,
             nodelist: vec!["node1".into(), "node2".into()],
             node_addrs: vec!["10.0.0.2".into(), "10.0.0.3".into()],

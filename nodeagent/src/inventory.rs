@@ -108,7 +108,11 @@ mod tests {
         std::fs::create_dir_all(d.path().join("proc")).unwrap();
         std::fs::create_dir_all(d.path().join("sys/devices/system/node/node0")).unwrap();
         std::fs::create_dir_all(d.path().join("sys/devices/system/node/node1")).unwrap();
-        std::fs::write(d.path().join("proc/cpuinfo"), "processor : 0\nphysical id : 0\ncore id : 0\n\nprocessor : 1\nphysical id : 1\ncore id : 0\n").unwrap();
+        std::fs::write(
+            d.path().join("proc/cpuinfo"),
+            "processor : 0\nphysical id : 0\ncore id : 0\n\nprocessor : 1\nphysical id : 1\ncore id : 0\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("proc/meminfo"), "MemTotal: 2097152 kB\n").unwrap();
         let inv = discover(d.path());
         assert_eq!((inv.sockets, inv.cores, inv.threads, inv.numa_nodes, inv.mem_mib), (2, 2, 2, 2, 2048));

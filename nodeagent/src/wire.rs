@@ -13,7 +13,9 @@
 //! certificate (the kubeadm discovery-hash idea).
 
 use anyhow::{anyhow, bail, Context, Result};
-use launcher_proto::{decode, encode_frame, FrameDecoder, Hello, HelloReply, Role, ALPN, PROTOCOL_VERSION, SERVER_NAME};
+use launcher_proto::{
+    decode, encode_frame, FrameDecoder, Hello, HelloReply, Role, ALPN, PROTOCOL_VERSION, SERVER_NAME,
+};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -99,7 +101,8 @@ pub struct Credential {
 impl Credential {
     /// Read and validate a credential file.
     pub fn load(path: &Path) -> Result<Credential> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read credential file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read credential file {}", path.display()))?;
         let cred: Credential = serde_json::from_str(&text).map_err(|e| {
             anyhow!(
                 "credential file {} is corrupted or not a launcher credential ({e}); ask an admin for a new one (`launcher user add`)",
@@ -107,7 +110,8 @@ impl Credential {
             )
         })?;
         certs_from_pem(&cred.ca).with_context(|| format!("credential file {}: CA certificate", path.display()))?;
-        certs_from_pem(&cred.cert).with_context(|| format!("credential file {}: client certificate", path.display()))?;
+        certs_from_pem(&cred.cert)
+            .with_context(|| format!("credential file {}: client certificate", path.display()))?;
         key_from_pem(&cred.key).with_context(|| format!("credential file {}: private key", path.display()))?;
         Ok(cred)
     }
@@ -165,7 +169,8 @@ impl std::str::FromStr for JoinToken {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.trim().split('.').collect();
-        let bad = || anyhow!("malformed join token: expected lt1.<64 hex>.<secret>; create one with `launcher token create`");
+        let bad =
+            || anyhow!("malformed join token: expected lt1.<64 hex>.<secret>; create one with `launcher token create`");
         if parts.len() != 3 || parts[0] != "lt1" || parts[2].is_empty() {
             return Err(bad());
         }
@@ -241,7 +246,8 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
 
 /// A client endpoint bound to an ephemeral UDP port.
 pub fn client_endpoint(cfg: quinn::ClientConfig) -> Result<quinn::Endpoint> {
-    let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr")).context("cannot bind a UDP socket")?;
+    let mut ep =
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr")).context("cannot bind a UDP socket")?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
@@ -267,7 +273,9 @@ pub async fn connect(
     let connecting = ep.connect(addr, SERVER_NAME).context("cannot start a QUIC connection")?;
     let conn = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| anyhow!("no answer from the controller at {addr} within {timeout:?} (is `launcher serve` running there?)"))?
+        .map_err(|_| {
+            anyhow!("no answer from the controller at {addr} within {timeout:?} (is `launcher serve` running there?)")
+        })?
         .map_err(|e| anyhow!("TLS/QUIC handshake with the controller at {addr} failed: {e}"))?;
     let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
@@ -385,7 +393,8 @@ mod tests {
         std::fs::write(&p, "{ this is not json").unwrap();
         let e = format!("{:#}", Credential::load(&p).unwrap_err());
         assert!(e.contains("cred.json") && e.contains("corrupted"), "{e}");
-        std::fs::write(&p, r#"{"cluster":"c","controller":"x:1","user":"u","ca":"nope","cert":"nope","key":"nope"}"#).unwrap();
+        std::fs::write(&p, r#"{"cluster":"c","controller":"x:1","user":"u","ca":"nope","cert":"nope","key":"nope"}"#)
+            .unwrap();
         let e = format!("{:#}", Credential::load(&p).unwrap_err());
         assert!(e.contains("CA certificate"), "{e}");
     }

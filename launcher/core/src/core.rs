@@ -4,8 +4,8 @@ use crate::job::{Alloc, FailReason, Job, NodeRecord};
 use crate::validate::validate_spec;
 use crate::Time;
 use launcher_proto::{
-    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobInfo, JobState, KillMsg, KillReason, LaunchMsg,
-    NodeId, NodeInfo, NodeState, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
+    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobInfo, JobState, KillMsg, KillReason, LaunchMsg, NodeId,
+    NodeInfo, NodeState, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,7 +154,13 @@ impl Core {
             core.unreachable.insert((now, rec.id));
             core.nodes.insert(
                 rec.id,
-                Node { rec, conn: Conn::Unreachable { since: now }, alloc_cpus: 0, alloc_mem: 0, jobs: BTreeSet::new() },
+                Node {
+                    rec,
+                    conn: Conn::Unreachable { since: now },
+                    alloc_cpus: 0,
+                    alloc_mem: 0,
+                    jobs: BTreeSet::new(),
+                },
             );
         }
         for job in jobs {
@@ -209,7 +215,7 @@ impl Core {
         if let Err(e) = validate_spec(&spec) {
             return SubmitOutcome::Rejected(e);
         }
-        if !self.cfg.queues.iter().any(|q| *q == spec.queue) {
+        if !self.cfg.queues.contains(&spec.queue) {
             return SubmitOutcome::Rejected(format!(
                 "unknown queue '{}'; queues: {}",
                 spec.queue,
@@ -305,7 +311,12 @@ impl Core {
                             let kr = kill_reason(reason);
                             fx.send(
                                 id,
-                                ToAgent::Kill(KillMsg { job: jid, attempt, reason: kr, grace_ms: self.cfg.kill_grace_ms }),
+                                ToAgent::Kill(KillMsg {
+                                    job: jid,
+                                    attempt,
+                                    reason: kr,
+                                    grace_ms: self.cfg.kill_grace_ms,
+                                }),
                             );
                         }
                     }
@@ -318,7 +329,7 @@ impl Core {
                     } else if job.killing.is_none() {
                         // Never delivered (or lost in our crash): send the launch again.
                         let msg = self.launch_msg(jid, id);
-                        fx.send(id, ToAgent::Launch(msg));
+                        fx.send(id, ToAgent::Launch(Box::new(msg)));
                     } else {
                         self.node_lost_tasks(now, fx, jid, id);
                     }
@@ -492,7 +503,7 @@ impl Core {
         let nodes: Vec<NodeId> = job.alloc.iter().map(|a| a.node).collect();
         for node in nodes {
             let msg = self.launch_msg(id, node);
-            fx.send(node, ToAgent::Launch(msg));
+            fx.send(node, ToAgent::Launch(Box::new(msg)));
         }
     }
 
@@ -529,7 +540,15 @@ impl Core {
         fx.persist(Record::Job(Box::new(job.clone())));
     }
 
-    fn task_exited(&mut self, now: Time, fx: &mut impl Effects, id: JobId, attempt: u32, rank: u32, status: ExitStatus) {
+    fn task_exited(
+        &mut self,
+        now: Time,
+        fx: &mut impl Effects,
+        id: JobId,
+        attempt: u32,
+        rank: u32,
+        status: ExitStatus,
+    ) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if job.attempt != attempt || job.state.is_terminal() || rank >= job.spec.tasks {
             return;
@@ -541,9 +560,9 @@ impl Core {
         if failed && job.fail.is_none() {
             job.fail = Some(match &status {
                 ExitStatus::LaunchFailed(e) => FailReason::LaunchFailed { rank, error: e.clone() },
-                ExitStatus::NodeLost => FailReason::NodeFail {
-                    node: job.alloc_of_rank(rank).map(|a| a.name.clone()).unwrap_or_default(),
-                },
+                ExitStatus::NodeLost => {
+                    FailReason::NodeFail { node: job.alloc_of_rank(rank).map(|a| a.name.clone()).unwrap_or_default() }
+                }
                 s => FailReason::NonZeroExit { rank, status: s.clone() },
             });
         }
@@ -593,7 +612,10 @@ impl Core {
         for a in &job.alloc {
             let done = (a.first_rank..a.first_rank + a.tasks).all(|r| job.exits.contains_key(&r));
             if !done {
-                fx.send(a.node, ToAgent::Kill(KillMsg { job: id, attempt, reason: kr, grace_ms: self.cfg.kill_grace_ms }));
+                fx.send(
+                    a.node,
+                    ToAgent::Kill(KillMsg { job: id, attempt, reason: kr, grace_ms: self.cfg.kill_grace_ms }),
+                );
             }
         }
     }
@@ -695,7 +717,10 @@ impl Core {
         let small = *per_node.last().expect("nodes >= 1");
         let need_cpus = small.saturating_mul(spec.cpus_per_task);
         let live: Vec<&Node> = self.nodes.values().filter(|n| n.conn != Conn::Down).collect();
-        let fitting = live.iter().filter(|n| n.rec.inventory.cpus >= need_cpus && n.rec.inventory.mem_mib >= spec.mem_mib).count();
+        let fitting = live
+            .iter()
+            .filter(|n| n.rec.inventory.cpus >= need_cpus && n.rec.inventory.mem_mib >= spec.mem_mib)
+            .count();
         if fitting >= spec.nodes as usize {
             return None;
         }
@@ -757,11 +782,7 @@ impl Core {
 
     /// Jobs, oldest first; terminal ones only with `all`.
     pub fn job_infos(&self, all: bool) -> Vec<JobInfo> {
-        self.jobs
-            .values()
-            .filter(|j| all || !j.state.is_terminal())
-            .filter_map(|j| self.job_info(j.id))
-            .collect()
+        self.jobs.values().filter(|j| all || !j.state.is_terminal()).filter_map(|j| self.job_info(j.id)).collect()
     }
 
     fn reason(&self, job: &Job) -> (Option<String>, Option<String>) {

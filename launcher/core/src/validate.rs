@@ -14,10 +14,7 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
         return Err("-N/--nodes must be at least 1".into());
     }
     if spec.nodes > MAX_NODES {
-        return Err(format!(
-            "-N/--nodes {} is more than the {MAX_NODES} nodes a job may span",
-            spec.nodes
-        ));
+        return Err(format!("-N/--nodes {} is more than the {MAX_NODES} nodes a job may span", spec.nodes));
     }
     if spec.tasks < spec.nodes {
         return Err(format!(
@@ -74,7 +71,8 @@ mod tests {
 
     #[test]
     fn names_the_problem() {
-        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.nodes = 0), "at least 1"),
             (Box::new(|s| s.nodes = 20_000), "more than the 10000 nodes"),
             (Box::new(|s| s.tasks = 2), "smaller than -N/--nodes 3"),

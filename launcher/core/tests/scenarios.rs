@@ -68,7 +68,12 @@ impl Env {
     fn register(&mut self, name: &str, cpus: u32, jobs: Vec<JobReport>) -> NodeId {
         let reg = RegisterMsg {
             name: name.into(),
-            inventory: Inventory { cpus, mem_mib: 1024, addr: format!("10.0.0.{}", self.nodes.len() + 1), ..Default::default() },
+            inventory: Inventory {
+                cpus,
+                mem_mib: 1024,
+                addr: format!("10.0.0.{}", self.nodes.len() + 1),
+                ..Default::default()
+            },
             jobs,
         };
         let (id, _) = self.core.on_register(self.now, &mut self.fx, reg);
@@ -104,7 +109,7 @@ impl Env {
             .sent
             .iter()
             .filter_map(|(n, m)| match m {
-                ToAgent::Launch(l) => Some((*n, l.clone())),
+                ToAgent::Launch(l) => Some((*n, (**l).clone())),
                 _ => None,
             })
             .collect();
@@ -119,7 +124,15 @@ impl Env {
         }
         for (n, l) in launches {
             for t in &l.tasks {
-                self.agent(*n, FromAgent::TaskExited { job: l.job, attempt: l.attempt, rank: t.rank, status: ExitStatus::Code(code(t.rank)) });
+                self.agent(
+                    *n,
+                    FromAgent::TaskExited {
+                        job: l.job,
+                        attempt: l.attempt,
+                        rank: t.rank,
+                        status: ExitStatus::Code(code(t.rank)),
+                    },
+                );
             }
         }
     }
@@ -139,8 +152,10 @@ fn gang_job_gets_all_nodes_in_one_decision_with_block_ranks() {
     assert_eq!(e.schedule(), 1);
     let l = e.launches();
     assert_eq!(l.len(), 3, "one launch per node");
-    let mut ranks: Vec<(String, Vec<u32>)> =
-        l.iter().map(|(_, m)| (m.nodelist[m.node_rank as usize].clone(), m.tasks.iter().map(|t| t.rank).collect())).collect();
+    let mut ranks: Vec<(String, Vec<u32>)> = l
+        .iter()
+        .map(|(_, m)| (m.nodelist[m.node_rank as usize].clone(), m.tasks.iter().map(|t| t.rank).collect()))
+        .collect();
     ranks.sort();
     assert_eq!(ranks, vec![("n1".into(), vec![0, 1]), ("n2".into(), vec![2, 3]), ("n3".into(), vec![4, 5])]);
     assert_eq!(e.state(id), JobState::Starting);
@@ -232,7 +247,10 @@ fn cancel_pending_and_running() {
     let l = e.launches();
     let out = e.core.on_cancel(e.now, &mut e.fx, &[wait, run, JobId(99)]);
     e.core.sanity_check();
-    assert_eq!(out, vec![(wait, CancelOutcome::Cancelled), (run, CancelOutcome::Terminating), (JobId(99), CancelOutcome::NotFound)]);
+    assert_eq!(
+        out,
+        vec![(wait, CancelOutcome::Cancelled), (run, CancelOutcome::Terminating), (JobId(99), CancelOutcome::NotFound)]
+    );
     assert_eq!(e.state(wait), JobState::Cancelled);
     assert!(e.fx.sent.iter().any(|(_, m)| matches!(m, ToAgent::Kill(k) if k.job == run)));
     e.agent(l[0].0, FromAgent::TaskExited { job: run, attempt: 1, rank: 0, status: ExitStatus::Signal(15) });
@@ -286,7 +304,8 @@ fn restart_readopts_running_tasks_and_relaunches_undelivered_ones() {
             Record::Event { .. } => {}
         }
     }
-    let mut core = Core::restore(e.core.config().clone(), e.now, nodes.into_values().collect(), jobs.into_values().collect());
+    let mut core =
+        Core::restore(e.core.config().clone(), e.now, nodes.into_values().collect(), jobs.into_values().collect());
     core.sanity_check();
     assert_eq!(core.job_info(j1).unwrap().state, JobState::Running);
     let mut fx = Rec::default();
@@ -311,8 +330,18 @@ fn restart_readopts_running_tasks_and_relaunches_undelivered_ones() {
     assert!(fx.sent.iter().any(|(_, m)| matches!(m, ToAgent::Launch(l) if l.job == j2)));
     core.sanity_check();
     // Exits reported twice (before and after a reconnect) count once.
-    core.on_agent(e.now, &mut fx, id1, FromAgent::TaskExited { job: j1, attempt: 1, rank: 0, status: ExitStatus::Code(0) });
-    core.on_agent(e.now, &mut fx, id1, FromAgent::TaskExited { job: j1, attempt: 1, rank: 0, status: ExitStatus::Code(1) });
+    core.on_agent(
+        e.now,
+        &mut fx,
+        id1,
+        FromAgent::TaskExited { job: j1, attempt: 1, rank: 0, status: ExitStatus::Code(0) },
+    );
+    core.on_agent(
+        e.now,
+        &mut fx,
+        id1,
+        FromAgent::TaskExited { job: j1, attempt: 1, rank: 0, status: ExitStatus::Code(1) },
+    );
     assert_eq!(core.job_info(j1).unwrap().state, JobState::Succeeded);
     core.sanity_check();
 }
@@ -452,7 +481,7 @@ proptest! {
               let sent: Vec<_> = e.fx.sent.drain(..).collect();
               for (n, m) in sent {
                 match m {
-                    ToAgent::Launch(l) => launched.push((n, l)),
+                    ToAgent::Launch(l) => launched.push((n, *l)),
                     ToAgent::Kill(k) => {
                         // The agent obeys: its tasks of that attempt die by SIGTERM.
                         let dying: Vec<_> = live.iter().filter(|(ln, j, a, _)| *ln == n && *j == k.job && *a == k.attempt).cloned().collect();

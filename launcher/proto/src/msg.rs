@@ -273,8 +273,8 @@ pub enum ToAgent {
         /// How often to heartbeat.
         heartbeat_ms: u64,
     },
-    /// Start tasks.
-    Launch(LaunchMsg),
+    /// Start tasks (boxed: by far the largest variant).
+    Launch(Box<LaunchMsg>),
     /// Stop tasks.
     Kill(KillMsg),
     /// The controller durably recorded every exit of this attempt on this node;
@@ -514,8 +514,8 @@ pub struct NodeInfo {
 pub enum Request {
     /// Submit a job. `key` makes resubmission after a lost reply idempotent.
     Submit {
-        /// The job.
-        spec: JobSpec,
+        /// The job (boxed: by far the largest variant).
+        spec: Box<JobSpec>,
         /// Client-chosen idempotency key (random 128 bits).
         key: Option<u128>,
     },
@@ -657,7 +657,7 @@ mod tests {
             command: vec!["true".into()],
             ..Default::default()
         };
-        let bytes = encode(&Request::Submit { spec, key: Some(5) });
+        let bytes = encode(&Request::Submit { spec: Box::new(spec), key: Some(5) });
         assert_eq!(
             bytes,
             vec![

@@ -80,7 +80,8 @@ impl Client {
     pub async fn connect(cred: Option<PathBuf>) -> Result<Client> {
         let path = credential_path(cred)?;
         let cred = Credential::load(&path).map_err(|e| unreachable(format!("{e:#}")))?;
-        let cfg = wire::client_config(&cred.ca, &cred.cert, &cred.key).map_err(|e| unreachable(format!("credential {}: {e:#}", path.display())))?;
+        let cfg = wire::client_config(&cred.ca, &cred.cert, &cred.key)
+            .map_err(|e| unreachable(format!("credential {}: {e:#}", path.display())))?;
         let ep = wire::client_endpoint(cfg)?;
         let patience = patience();
         let conn = Self::dial(&ep, &cred, patience).await?;
@@ -145,7 +146,8 @@ impl Client {
                 Err(e) if start.elapsed() < self.patience => {
                     tracing::debug!("retrying after: {e:#}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(c) = Self::dial(&self.ep, &self.cred, self.patience.saturating_sub(start.elapsed())).await {
+                    if let Ok(c) = Self::dial(&self.ep, &self.cred, self.patience.saturating_sub(start.elapsed())).await
+                    {
                         self.conn = c;
                     }
                 }

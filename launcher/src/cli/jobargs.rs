@@ -278,7 +278,8 @@ mod tests {
 
     #[test]
     fn command_line_overrides_directives() {
-        let d = JobArgs { nodes: Some("2".into()), name: Some("d".into()), env: vec!["A=1".into()], ..Default::default() };
+        let d =
+            JobArgs { nodes: Some("2".into()), name: Some("d".into()), env: vec!["A=1".into()], ..Default::default() };
         let c = JobArgs { nodes: Some("3".into()), env: vec!["A=2".into()], ..Default::default() };
         let m = c.over(d);
         assert_eq!(m.nodes.as_deref(), Some("3"));

@@ -20,7 +20,10 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 /// Parse job ids, naming the bad one.
 pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
     ids.iter()
-        .map(|s| s.parse::<JobId>().map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers, as printed by submit)"))))
+        .map(|s| {
+            s.parse::<JobId>()
+                .map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers, as printed by submit)")))
+        })
         .collect()
 }
 
@@ -70,7 +73,9 @@ pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, json: bool) -> Res
             for (id, o) in &out {
                 let text = match o {
                     CancelOutcome::Cancelled => "cancelled".to_string(),
-                    CancelOutcome::Terminating => "terminating (SIGTERM, then SIGKILL after the grace period)".to_string(),
+                    CancelOutcome::Terminating => {
+                        "terminating (SIGTERM, then SIGKILL after the grace period)".to_string()
+                    }
                     CancelOutcome::AlreadyDone(s) => format!("already finished ({s})"),
                     CancelOutcome::NotFound => {
                         code = exit::USAGE;
@@ -137,7 +142,10 @@ pub async fn user_add(cred: Option<PathBuf>, name: String, role: String, out: Op
                 Some(p) => {
                     let c: nodeagent::wire::Credential = serde_json::from_str(&text)?;
                     c.save(&p)?;
-                    eprintln!("wrote credential for {name} to {} (give it to the user; it is their identity)", p.display());
+                    eprintln!(
+                        "wrote credential for {name} to {} (give it to the user; it is their identity)",
+                        p.display()
+                    );
                 }
                 None => println!("{text}"),
             }

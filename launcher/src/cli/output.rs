@@ -132,12 +132,24 @@ pub fn job_details(j: &JobInfo) -> String {
     if let Some(r) = &j.reason {
         kv("reason", format!("{r}: {}", j.reason_text.clone().unwrap_or_default()));
     }
-    kv("resources", format!("{} node(s), {} task(s), {} cpu(s)/task{}", j.spec.nodes, j.spec.tasks, j.spec.cpus_per_task,
-        if j.spec.mem_mib > 0 { format!(", {} MiB/node", j.spec.mem_mib) } else { String::new() }));
+    kv(
+        "resources",
+        format!(
+            "{} node(s), {} task(s), {} cpu(s)/task{}",
+            j.spec.nodes,
+            j.spec.tasks,
+            j.spec.cpus_per_task,
+            if j.spec.mem_mib > 0 { format!(", {} MiB/node", j.spec.mem_mib) } else { String::new() }
+        ),
+    );
     if let Some(t) = j.spec.time_limit_s {
         kv("time limit", duration(t * 1_000_000));
     }
-    let cmd = if j.spec.script.is_some() { format!("(script) {}", j.spec.command.join(" ")) } else { j.spec.command.join(" ") };
+    let cmd = if j.spec.script.is_some() {
+        format!("(script) {}", j.spec.command.join(" "))
+    } else {
+        j.spec.command.join(" ")
+    };
     kv("command", cmd);
     kv("workdir", j.spec.cwd.clone());
     kv("attempt", j.attempt.to_string());
@@ -153,7 +165,13 @@ pub fn job_details(j: &JobInfo) -> String {
         let rows = j
             .tasks
             .iter()
-            .map(|t| vec![t.rank.to_string(), t.node.clone(), t.exit.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "running".into())])
+            .map(|t| {
+                vec![
+                    t.rank.to_string(),
+                    t.node.clone(),
+                    t.exit.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "running".into()),
+                ]
+            })
             .collect();
         s.push_str(&table(&["RANK", "NODE", "EXIT"], rows));
     }

@@ -25,7 +25,9 @@ pub fn command_mode_from_argv() -> bool {
 /// Build a spec from flags plus, in script mode, the script's directives.
 pub fn build_spec(flags: JobArgs, target: Target) -> Result<JobSpec> {
     if target.args.is_empty() {
-        return Err(usage("nothing to run: give a script file, or a command after `--` (e.g. `launcher submit -N 2 -- hostname`)"));
+        return Err(usage(
+            "nothing to run: give a script file, or a command after `--` (e.g. `launcher submit -N 2 -- hostname`)",
+        ));
     }
     if target.command_mode {
         return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
@@ -45,12 +47,11 @@ pub fn build_spec(flags: JobArgs, target: Target) -> Result<JobSpec> {
         #[command(flatten)]
         job: JobArgs,
     }
-    let d = Directives::try_parse_from(&dir_args)
-        .map_err(|e| usage(format!("{}: bad #LAUNCHER directive: {}", path.display(), e.render().to_string().trim())))?;
+    let d = Directives::try_parse_from(&dir_args).map_err(|e| {
+        usage(format!("{}: bad #LAUNCHER directive: {}", path.display(), e.render().to_string().trim()))
+    })?;
     let merged = flags.over(d.job);
-    merged
-        .to_spec(target.args[1..].to_vec(), Some((target.args[0].clone(), text)))
-        .map_err(|e| usage(format!("{e:#}")))
+    merged.to_spec(target.args[1..].to_vec(), Some((target.args[0].clone(), text))).map_err(|e| usage(format!("{e:#}")))
 }
 
 fn new_key() -> u128 {
@@ -62,7 +63,7 @@ fn new_key() -> u128 {
 /// Submit and return the job id. Retries across a controller restart with
 /// the same idempotency key, so a job is created at most once.
 pub async fn submit_spec(client: &mut Client, spec: JobSpec) -> Result<JobId> {
-    let resp = check(client.call_retrying(&Request::Submit { spec, key: Some(new_key()) }).await?)?;
+    let resp = check(client.call_retrying(&Request::Submit { spec: Box::new(spec), key: Some(new_key()) }).await?)?;
     match resp {
         Response::Submitted { job } => Ok(job),
         r => Err(unexpected(r)),
@@ -134,16 +135,14 @@ pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: b
     let job = submit_spec(&mut client, spec).await?;
     let streaming = follow(&client, job, None, label, true);
     tokio::pin!(streaming);
-    let info = loop {
-        tokio::select! {
-            r = &mut streaming => break r?,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("launcher: cancelling job {job} (Ctrl-C again to detach)");
-                let _ = client.call(&Request::Cancel { jobs: vec![job] }).await;
-                tokio::select! {
-                    r = &mut streaming => break r?,
-                    _ = tokio::signal::ctrl_c() => return Ok(130),
-                }
+    let info = tokio::select! {
+        r = &mut streaming => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("launcher: cancelling job {job} (Ctrl-C again to detach)");
+            let _ = client.call(&Request::Cancel { jobs: vec![job] }).await;
+            tokio::select! {
+                r = &mut streaming => r?,
+                _ = tokio::signal::ctrl_c() => return Ok(130),
             }
         }
     };

@@ -8,8 +8,8 @@
 //! before the state behind it is on disk, and concurrent submissions share an
 //! fsync (group commit).
 
-use super::store::{CertIdentity, Store};
 use super::pki::{token_hash, Pki};
+use super::store::{CertIdentity, Store};
 use launcher_core::{Core, Effects, Record, SubmitOutcome, Time};
 use launcher_proto::{
     CancelOutcome, ErrorKind, ErrorMsg, FromAgent, JobId, JobInfo, JobSpec, NodeId, NodeInfo, RegisterMsg, Response,
@@ -34,7 +34,7 @@ pub struct JobEvent {
 /// Work for the driver.
 pub enum Input {
     /// Submit.
-    Submit { spec: JobSpec, key: Option<u128>, reply: oneshot::Sender<Response> },
+    Submit { spec: Box<JobSpec>, key: Option<u128>, reply: oneshot::Sender<Response> },
     /// List jobs.
     Queue { all: bool, reply: oneshot::Sender<Vec<JobInfo>> },
     /// One job.
@@ -175,9 +175,11 @@ impl Driver {
     ) {
         match input {
             Input::Submit { spec, key, reply } => {
-                let resp = match self.core.on_submit(t, fx, spec, key) {
+                let resp = match self.core.on_submit(t, fx, *spec, key) {
                     SubmitOutcome::Accepted(job) | SubmitOutcome::Duplicate(job) => Response::Submitted { job },
-                    SubmitOutcome::Rejected(message) => Response::Error(ErrorMsg { kind: ErrorKind::BadRequest, message }),
+                    SubmitOutcome::Rejected(message) => {
+                        Response::Error(ErrorMsg { kind: ErrorKind::BadRequest, message })
+                    }
                 };
                 replies.push(Box::new(move || {
                     let _ = reply.send(resp);
@@ -221,16 +223,12 @@ impl Driver {
                 self.core.on_disconnect(t, node, generation);
             }
             Input::Token { ttl_s, reply } => {
-                let r = self
-                    .pki
-                    .new_token()
-                    .map_err(|e| e.to_string())
-                    .and_then(|(tok, hash)| {
-                        self.store
-                            .add_token(&hash, t.0 + ttl_s.saturating_mul(1_000_000))
-                            .map(|_| tok)
-                            .map_err(|e| e.to_string())
-                    });
+                let r = self.pki.new_token().map_err(|e| e.to_string()).and_then(|(tok, hash)| {
+                    self.store
+                        .add_token(&hash, t.0 + ttl_s.saturating_mul(1_000_000))
+                        .map(|_| tok)
+                        .map_err(|e| e.to_string())
+                });
                 let _ = reply.send(r);
             }
             Input::AddUser { name, role, reply } => {
@@ -278,9 +276,7 @@ impl Driver {
 /// Start the driver thread.
 pub fn spawn(driver: Driver) -> (Sender<Input>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let h = std::thread::Builder::new()
-        .name("driver".into())
-        .spawn(move || driver.run(rx))
-        .expect("spawn driver thread");
+    let h =
+        std::thread::Builder::new().name("driver".into()).spawn(move || driver.run(rx)).expect("spawn driver thread");
     (tx, h)
 }

@@ -49,7 +49,12 @@ impl Controller {
     /// Ask the driver something (used by `launcher up`).
     pub async fn ask<T>(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Input) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.driver.driver.lock().expect("driver lock").send(make(tx)).map_err(|_| anyhow::anyhow!("driver stopped"))?;
+        self.driver
+            .driver
+            .lock()
+            .expect("driver lock")
+            .send(make(tx))
+            .map_err(|_| anyhow::anyhow!("driver stopped"))?;
         rx.await.map_err(|_| anyhow::anyhow!("driver stopped"))
     }
 

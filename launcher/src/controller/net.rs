@@ -16,8 +16,8 @@ use super::driver::{Identities, Input, JobEvent};
 use super::store::CertIdentity;
 use anyhow::{anyhow, Result};
 use launcher_proto::{
-    ErrorKind, ErrorMsg, FromAgent, HandshakeError, Hello, HelloReply, JobId, JoinMsg, JoinReply, Request,
-    Response, Role, Stream, ToAgent, PROTOCOL_VERSION,
+    ErrorKind, ErrorMsg, FromAgent, HandshakeError, Hello, HelloReply, JobId, JoinMsg, JoinReply, Request, Response,
+    Role, Stream, ToAgent, PROTOCOL_VERSION,
 };
 use nodeagent::wire::{fingerprint, FramedStream};
 use std::collections::HashMap;
@@ -121,7 +121,11 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<()> {
         (Ok(Some(id)), role) => {
             let ok = matches!((id.kind.as_str(), role), ("agent", Role::Agent) | ("user", Role::Client));
             if !ok {
-                reject(&mut s, HandshakeError::RoleMismatch { cert_role: format!("{}/{}", id.kind, id.name), claimed: role }).await;
+                reject(
+                    &mut s,
+                    HandshakeError::RoleMismatch { cert_role: format!("{}/{}", id.kind, id.name), claimed: role },
+                )
+                .await;
                 return Ok(());
             }
             Some(id)
@@ -167,7 +171,9 @@ async fn join(mut s: FramedStream, ctx: &Ctx) -> Result<()> {
             return Ok(());
         }
     };
-    let r = ctx.ask(|reply| Input::Join { token: msg.token, name: msg.name.clone(), public_key: msg.public_key, reply }).await?;
+    let r = ctx
+        .ask(|reply| Input::Join { token: msg.token, name: msg.name.clone(), public_key: msg.public_key, reply })
+        .await?;
     let reply = match r {
         Ok(cert_pem) => {
             let ca_pem = std::fs::read_to_string(ctx.logs_dir.parent().expect("logs dir has a parent").join("ca.pem"))?;

@@ -80,7 +80,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut put_job = tx.prepare_cached("INSERT OR REPLACE INTO jobs (id, state, data) VALUES (?1, ?2, ?3)")?;
-            let mut put_node = tx.prepare_cached("INSERT OR REPLACE INTO nodes (id, name, data) VALUES (?1, ?2, ?3)")?;
+            let mut put_node =
+                tx.prepare_cached("INSERT OR REPLACE INTO nodes (id, name, data) VALUES (?1, ?2, ?3)")?;
             let mut put_event = tx.prepare_cached("INSERT INTO events (job, time, text) VALUES (?1, ?2, ?3)")?;
             for (i, r) in records.iter().enumerate() {
                 match r {
@@ -170,7 +171,9 @@ impl Store {
             .optional()?;
         Ok(match row {
             None => Some("unknown join token (was it created on this cluster?)"),
-            Some((_, used)) if used != 0 => Some("this join token was already used; tokens are one-time, create a new one"),
+            Some((_, used)) if used != 0 => {
+                Some("this join token was already used; tokens are one-time, create a new one")
+            }
             Some((exp, _)) if (exp as u64) < now => Some("this join token has expired; create a new one"),
             Some(_) => {
                 self.conn.execute("UPDATE tokens SET used = 1 WHERE hash = ?1", [hash])?;
@@ -202,7 +205,14 @@ mod tests {
         let p = d.path().join("state.db");
         let mut core = Core::new(Config::default());
         let mut fx = Fx::default();
-        let spec = JobSpec { queue: "default".into(), nodes: 1, tasks: 1, cpus_per_task: 1, command: vec!["true".into()], ..Default::default() };
+        let spec = JobSpec {
+            queue: "default".into(),
+            nodes: 1,
+            tasks: 1,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
         for _ in 0..3 {
             assert!(matches!(core.on_submit(Time(5), &mut fx, spec.clone(), None), SubmitOutcome::Accepted(_)));
         }

@@ -99,7 +99,8 @@ impl LocalCluster {
         })?;
         let port = ctl.addr.port();
         let exe = std::env::current_exe().context("cannot find my own executable")?;
-        let mut cluster = LocalCluster { controller: Some(ctl), agents: Vec::new(), netns: ns, dir: dir.clone(), remove_dir };
+        let mut cluster =
+            LocalCluster { controller: Some(ctl), agents: Vec::new(), netns: ns, dir: dir.clone(), remove_dir };
         for (i, name) in names.iter().enumerate() {
             let token = cluster
                 .controller

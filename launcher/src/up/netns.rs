@@ -117,8 +117,7 @@ impl NetnsCluster {
     pub fn create(node_names: &[String]) -> anyhow::Result<NetnsCluster> {
         validate_names(node_names)?;
         let ip = find_on_path("ip").ok_or_else(|| anyhow!("ip (iproute2) not found on PATH"))?;
-        let unshare = find_on_path("unshare")
-            .ok_or_else(|| anyhow!("unshare (util-linux) not found on PATH"))?;
+        let unshare = find_on_path("unshare").ok_or_else(|| anyhow!("unshare (util-linux) not found on PATH"))?;
         fs::create_dir_all(PID_DIR).with_context(|| format!("creating {PID_DIR}"))?;
 
         let lock = FileLock::acquire(Path::new(LOCK_PATH))?;
@@ -178,10 +177,7 @@ impl NetnsCluster {
             let cidr = format!("{}/24", node.addr);
             let gw = cluster.gateway.to_string();
             cluster.ip_cmd(&["netns", "add", &node.ns])?;
-            cluster.ip_cmd(&[
-                "link", "add", &node.veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &node.ns,
-            ])?;
+            cluster.ip_cmd(&["link", "add", &node.veth, "type", "veth", "peer", "name", "eth0", "netns", &node.ns])?;
             cluster.ip_cmd(&["link", "set", &node.veth, "master", &cluster.bridge, "up"])?;
             cluster.ip_cmd(&["-n", &node.ns, "link", "set", "lo", "up"])?;
             cluster.ip_cmd(&["-n", &node.ns, "addr", "add", &cidr, "dev", "eth0"])?;
@@ -259,11 +255,8 @@ impl NetnsCluster {
         let out = run(&mut cmd)?;
         let mut lines = out.lines().map(str::trim);
         let mut next = |what: &str| -> anyhow::Result<u64> {
-            let s = lines
-                .next()
-                .ok_or_else(|| anyhow!("missing {what} for {}: {out:?}", node.ns))?;
-            s.parse::<u64>()
-                .with_context(|| format!("parsing {what} {s:?} for {}", node.ns))
+            let s = lines.next().ok_or_else(|| anyhow!("missing {what} for {}: {out:?}", node.ns))?;
+            s.parse::<u64>().with_context(|| format!("parsing {what} {s:?} for {}", node.ns))
         };
         let rx = next("rx_bytes")?;
         let tx = next("tx_bytes")?;
@@ -277,11 +270,7 @@ impl NetnsCluster {
             return;
         }
         self.torn_down = true;
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|n| (n.ns.clone(), n.veth.clone()))
-            .collect::<Vec<_>>();
+        let nodes = self.nodes.iter().map(|n| (n.ns.clone(), n.veth.clone())).collect::<Vec<_>>();
         for (ns, veth) in &nodes {
             delete_link(&self.ip, veth);
             delete_netns(&self.ip, ns);
@@ -315,26 +304,15 @@ impl Drop for NetnsCluster {
 /// line, exit status and stderr.
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let line = command_line(cmd);
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running `{line}`"))?;
+    let out = cmd.stdin(std::process::Stdio::null()).output().with_context(|| format!("running `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn command_line(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
@@ -346,11 +324,7 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .chain(extra)
         .map(|dir| dir.join(program))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 /// Names of required capabilities missing from the effective set, if any.
@@ -454,18 +428,12 @@ fn owner_alive(pid_file: &Path) -> bool {
 }
 
 fn is_tag(s: &str) -> bool {
-    s.len() == 6
-        && s.starts_with('l')
-        && s[1..].chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == 6 && s.starts_with('l') && s[1..].chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 fn list_dir(dir: &str) -> Vec<String> {
     fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -559,10 +527,7 @@ fn delete_netns(ip: &Path, name: &str) {
 fn choose_tag() -> anyhow::Result<String> {
     let taken = existing_tags();
     let pid = std::process::id();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     for _ in 0..64 {
         let n = TAG_COUNTER.fetch_add(1, Ordering::Relaxed);
         // Mix pid, counter and time; keep 20 bits.
@@ -670,8 +635,7 @@ mod tests {
     }
 
     fn listed(list: &str, ns: &str) -> bool {
-        list.lines()
-            .any(|l| l.split_whitespace().next() == Some(ns))
+        list.lines().any(|l| l.split_whitespace().next() == Some(ns))
     }
 
     #[test]
@@ -681,11 +645,8 @@ mod tests {
         assert!(!is_tag("x0a3f9"));
         assert_eq!(parse_cidr("10.77.3.1/24"), Some((Ipv4Addr::new(10, 77, 3, 1), 24)));
         assert_eq!(parse_cidr("default"), None);
-        let nets = [
-            (Ipv4Addr::new(10, 77, 1, 1), 24),
-            (Ipv4Addr::new(10, 0, 0, 1), 8),
-            (Ipv4Addr::new(10, 77, 5, 9), 32),
-        ];
+        let nets =
+            [(Ipv4Addr::new(10, 77, 1, 1), 24), (Ipv4Addr::new(10, 0, 0, 1), 8), (Ipv4Addr::new(10, 77, 5, 9), 32)];
         assert!(subnet_conflicts(1, &nets));
         assert!(!subnet_conflicts(2, &nets));
         assert!(subnet_conflicts(5, &nets));
@@ -728,19 +689,13 @@ mod tests {
         }
 
         // Hostname inside the UTS namespace is the node name.
-        let out = c
-            .command(0, Path::new("sh"), &["-c".into(), "hostname".into()])
-            .output()
-            .unwrap();
+        let out = c.command(0, Path::new("sh"), &["-c".into(), "hostname".into()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "node1");
 
         // Argument quoting: args with shell metacharacters arrive verbatim.
         let tricky = "a b;$(echo x)'\"";
-        let out = c
-            .command(1, Path::new("printf"), &["%s".into(), tricky.into()])
-            .output()
-            .unwrap();
+        let out = c.command(1, Path::new("printf"), &["%s".into(), tricky.into()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), tricky);
 
@@ -750,10 +705,7 @@ mod tests {
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let port = sock.local_addr().unwrap().port();
         let script = format!("echo hi > /dev/udp/{gw}/{port}");
-        let status = c
-            .command(1, Path::new("bash"), &["-c".into(), script.into()])
-            .status()
-            .unwrap();
+        let status = c.command(1, Path::new("bash"), &["-c".into(), script.into()]).status().unwrap();
         assert!(status.success());
         let mut buf = [0u8; 64];
         let (n, from) = sock.recv_from(&mut buf).expect("datagram from node 1");
@@ -767,10 +719,7 @@ mod tests {
         let pid_file = Path::new(PID_DIR).join(format!("{}.pid", c.tag()));
         assert!(pid_file.exists());
         // A process still running inside a namespace must not keep the veth/bridge.
-        let mut sleeper = c
-            .command(0, Path::new("sleep"), &["30".into()])
-            .spawn()
-            .unwrap();
+        let mut sleeper = c.command(0, Path::new("sleep"), &["30".into()]).spawn().unwrap();
         c.teardown();
         c.teardown(); // idempotent
         let _ = sleeper.kill();
@@ -790,9 +739,8 @@ mod tests {
             println!("SKIP: {reason}");
             return;
         }
-        let handles: Vec<_> = (0..2)
-            .map(|_| std::thread::spawn(|| NetnsCluster::create(&names(2)).expect("create")))
-            .collect();
+        let handles: Vec<_> =
+            (0..2).map(|_| std::thread::spawn(|| NetnsCluster::create(&names(2)).expect("create"))).collect();
         let clusters: Vec<NetnsCluster> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert_ne!(clusters[0].tag(), clusters[1].tag());
         assert_ne!(clusters[0].gateway(), clusters[1].gateway());
