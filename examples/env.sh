@@ -1,0 +1,9 @@
+#!/bin/sh
+# What a task sees: our variables, AWS Batch's, Slurm's and PyTorch's.
+#   launcher run -l examples/env.sh
+#LAUNCHER -N 2 -n 4 --name env
+#EXPECT exit=0 lines=4
+echo "LAUNCHER_RANK=$LAUNCHER_RANK SLURM_PROCID=$SLURM_PROCID RANK=$RANK" \
+     "LOCAL_RANK=$LOCAL_RANK NODE_RANK=$NODE_RANK WORLD_SIZE=$WORLD_SIZE" \
+     "AWS_BATCH_JOB_NODE_INDEX=$AWS_BATCH_JOB_NODE_INDEX MASTER_ADDR=$MASTER_ADDR:$MASTER_PORT" \
+     "SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"

@@ -1,0 +1,48 @@
+//! Every script in examples/ runs on a local cluster and meets its `#EXPECT` line.
+
+mod common;
+
+use common::{stderr, stdout, Cluster};
+
+#[test]
+fn every_example_runs_as_documented() {
+    let netns = common::netns_unavailable().is_none();
+    if !netns {
+        println!("note: not root; examples run on loopback agents");
+    }
+    let c = Cluster::start(4, 2, netns);
+    let dir = common::repo_root().join("examples");
+    let mut ran = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "sh")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXPECT "))
+            .unwrap_or_else(|| panic!("{} has no #EXPECT line", path.display()));
+        let mut exit = None;
+        let mut lines = None;
+        for kv in expect.split_whitespace() {
+            match kv.split_once('=') {
+                Some(("exit", v)) => exit = Some(v.parse::<i32>().unwrap()),
+                Some(("lines", v)) => lines = Some(v.parse::<usize>().unwrap()),
+                _ => panic!("bad #EXPECT in {}: {kv}", path.display()),
+            }
+        }
+        let out = c.cli(&["run", "-l", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), exit, "{}: stderr {}", path.display(), stderr(&out));
+        if let Some(n) = lines {
+            assert_eq!(stdout(&out).lines().count(), n, "{}: stdout {}", path.display(), stdout(&out));
+        }
+        ran += 1;
+    }
+    assert!(ran >= 4, "found only {ran} examples");
+    // hello.sh's 8 ranks landed on 4 distinct nodes.
+    let out = c.cli(&["run", "-l", dir.join("hello.sh").to_str().unwrap()]);
+    let hosts: std::collections::BTreeSet<String> =
+        stdout(&out).lines().map(|l| l.split(" on ").nth(1).unwrap().split(' ').next().unwrap().to_string()).collect();
+    if netns {
+        assert_eq!(hosts.len(), 4, "{}", stdout(&out));
+    }
+}
