@@ -1,0 +1,141 @@
+//! End-to-end figures on a local cluster of 4 agents × 2 slots (each agent in
+//! its own network namespace when run as root). Prints numbers; asserts nothing
+//! about time. Run: `cargo bench -p launcher --bench e2e`.
+//!
+//! 1. sequential CLI submissions per second (`launcher submit -- true`, one process each);
+//! 2. end-to-end throughput: 1,000 `true` jobs submitted over one connection
+//!    (64 in flight) until the last one has ended;
+//! 3. `launcher run` latency, median of 10: `-N 2 -n 4 true` and `-N 1 -n 1 true`.
+
+use launcher::cli::client::Client;
+use launcher_proto::{JobSpec, Request, Response};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_launcher")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let n_submit: usize = std::env::var("BENCH_SUBMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let n_jobs: usize = std::env::var("BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Command::new(bin())
+        .args(["up", "--nodes", "4", "--cpus-per-node", "2", "--state-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stderr.take().unwrap()).lines();
+    let mut mode = String::new();
+    let cred: PathBuf = loop {
+        let line = lines.next().expect("launcher up exited").unwrap();
+        if line.contains("node agents running") {
+            mode = line.clone();
+        }
+        if let Some(p) = line.trim().strip_prefix("export LAUNCHER_CRED=") {
+            break p.into();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    println!("cluster: {}", mode.trim_start_matches("launcher up: "));
+
+    // 1. Sequential CLI submissions.
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).env("LAUNCHER_CRED", &cred).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let t = Instant::now();
+    for _ in 0..n_submit {
+        cli(&["submit", "--parsable", "--", "true"]);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("sequential CLI submissions: {n_submit} in {secs:.2} s = {:.0} submissions/s ({:.2} ms each)", n_submit as f64 / secs, secs * 1000.0 / n_submit as f64);
+    wait_idle(&cred);
+
+    // 2. End-to-end throughput.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (submit_s, total_s) = rt.block_on(async {
+        std::env::set_var("LAUNCHER_CRED", &cred);
+        let client = Arc::new(Client::connect(None).await.unwrap());
+        let spec = JobSpec {
+            name: "true".into(),
+            queue: "default".into(),
+            nodes: 1,
+            tasks: 1,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut handles = Vec::with_capacity(n_jobs);
+        for _ in 0..n_jobs {
+            let (client, spec, permit) = (client.clone(), spec.clone(), sem.clone().acquire_owned().await.unwrap());
+            handles.push(tokio::spawn(async move {
+                let r = client.call(&Request::Submit { spec: Box::new(spec), key: None }).await.unwrap();
+                drop(permit);
+                assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let submit_s = t.elapsed().as_secs_f64();
+        loop {
+            match client.call(&Request::Queue { all: false }).await.unwrap() {
+                Response::Jobs(j) if j.is_empty() => break,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        (submit_s, t.elapsed().as_secs_f64())
+    });
+    println!(
+        "end to end: {n_jobs} `true` jobs on 4 agents x 2 slots in {total_s:.2} s = {:.0} jobs/s (submissions alone: {:.0}/s over one connection)",
+        n_jobs as f64 / total_s,
+        n_jobs as f64 / submit_s
+    );
+
+    // 3. Latency of `launcher run`.
+    for (label, args) in [("-N 2 -n 4 true", vec!["run", "-N", "2", "-n", "4", "--", "true"]), ("-N 1 -n 1 true", vec!["run", "-N", "1", "-n", "1", "--", "true"])] {
+        cli(&args); // warm-up
+        let v: Vec<f64> = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                cli(&args);
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        let (min, max) = (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
+        println!("launcher run {label}: median {:.1} ms (min {min:.1}, max {max:.1}, n=10)", median(v));
+    }
+
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let _ = up.wait();
+}
+
+fn wait_idle(cred: &PathBuf) {
+    loop {
+        let out = Command::new(bin()).args(["queue", "--json"]).env("LAUNCHER_CRED", cred).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v.as_array().unwrap().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
