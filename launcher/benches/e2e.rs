@@ -61,7 +61,11 @@ fn main() {
         cli(&["submit", "--parsable", "--", "true"]);
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("sequential CLI submissions: {n_submit} in {secs:.2} s = {:.0} submissions/s ({:.2} ms each)", n_submit as f64 / secs, secs * 1000.0 / n_submit as f64);
+    println!(
+        "sequential CLI submissions: {n_submit} in {secs:.2} s = {:.0} submissions/s ({:.2} ms each)",
+        n_submit as f64 / secs,
+        secs * 1000.0 / n_submit as f64
+    );
     wait_idle(&cred);
 
     // 2. End-to-end throughput.
@@ -109,7 +113,10 @@ fn main() {
     );
 
     // 3. Latency of `launcher run`.
-    for (label, args) in [("-N 2 -n 4 true", vec!["run", "-N", "2", "-n", "4", "--", "true"]), ("-N 1 -n 1 true", vec!["run", "-N", "1", "-n", "1", "--", "true"])] {
+    for (label, args) in [
+        ("-N 2 -n 4 true", vec!["run", "-N", "2", "-n", "4", "--", "true"]),
+        ("-N 1 -n 1 true", vec!["run", "-N", "1", "-n", "1", "--", "true"]),
+    ] {
         cli(&args); // warm-up
         let v: Vec<f64> = (0..10)
             .map(|_| {

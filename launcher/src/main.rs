@@ -30,7 +30,7 @@ enum Cmd {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:7420")]
         listen: SocketAddr,
-        /// host:port written into credentials (default: 127.0.0.1 and the listen port).
+        /// host:port written into credentials (default: the listen address, with 127.0.0.1 for 0.0.0.0).
         #[arg(long)]
         advertise: Option<String>,
         /// Create the state directory and CA, print where the admin credential is, and exit.
@@ -161,6 +161,11 @@ enum UserCmd {
 }
 
 fn main() {
+    // A reader that goes away (`launcher queue | head`) ends us quietly, as for any Unix tool.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let quiet = matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Agent(_));
     nodeagent::init_tracing(if quiet { "info" } else { "warn" });
@@ -195,11 +200,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             launcher::serve(cfg, init).await
         }
         Cmd::Submit { job, parsable, target } => {
-            let t = Target { command_mode: cli::submit::command_mode_from_argv(), args: target };
+            let argv: Vec<String> = std::env::args().collect();
+            let t = Target { command_mode: cli::submit::command_mode(&argv, &target), args: target };
             cli::submit::submit(cred, job, t, parsable).await
         }
         Cmd::Run { job, label, target } => {
-            let t = Target { command_mode: cli::submit::command_mode_from_argv(), args: target };
+            let argv: Vec<String> = std::env::args().collect();
+            let t = Target { command_mode: cli::submit::command_mode(&argv, &target), args: target };
             cli::submit::run(cred, job, t, label).await
         }
         Cmd::Queue { all, json } => cli::queue(cred, all, json).await,

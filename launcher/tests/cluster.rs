@@ -162,3 +162,30 @@ fn nodes_and_queue_have_json_and_tables() {
     let q = stdout(&c.cli(&["queue"]));
     assert!(q.starts_with("JOBID"), "{q}");
 }
+
+#[test]
+fn users_may_cancel_only_their_own_jobs() {
+    let c = Cluster::start(1, 2, false);
+    let bob = c.dir.path().join("bob.cred");
+    let out = c.cli(&["user", "add", "bob", "--out", bob.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let as_bob = |args: &[&str]| c.cli_env(args, &[("LAUNCHER_CRED", bob.to_str().unwrap())]);
+    // Bob is not an admin.
+    let out = as_bob(&["token", "create"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not an admin"), "{}", stderr(&out));
+    let admins = stdout(&c.cli(&["submit", "--parsable", "--", "sleep", "30"])).trim().to_string();
+    let out = as_bob(&["cancel", &admins]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not your job"), "{}", stderr(&out));
+    assert_ne!(c.json(&["show", &admins, "--json"])["state"], "Cancelled");
+    let bobs = stdout(&as_bob(&["submit", "--parsable", "--", "sleep", "30"])).trim().to_string();
+    assert_eq!(c.json(&["show", &bobs, "--json"])["spec"]["user"], "bob");
+    assert!(as_bob(&["cancel", &bobs]).status.success());
+    // The admin may cancel anyone's.
+    assert!(c.cli(&["cancel", &admins]).status.success());
+    for id in [&admins, &bobs] {
+        let j = c.wait_job(id, Duration::from_secs(20));
+        assert!(["Cancelled", "Failed"].contains(&j["state"].as_str().unwrap()), "{j}");
+    }
+}

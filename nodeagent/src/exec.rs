@@ -131,8 +131,9 @@ pub fn task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32) -> Ve
     if msg.node_rank != 0 {
         env.push(("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", main_addr));
     }
-    let mut out: Vec<(String, String)> = spec.env.clone();
-    out.extend(env.into_iter().map(|(k, v)| (k.to_string(), v)));
+    // The user's --env comes last so it can override ours (MASTER_PORT, say).
+    let mut out: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    out.extend(spec.env.iter().cloned());
     out
 }
 

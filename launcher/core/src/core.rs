@@ -690,8 +690,8 @@ impl Core {
             return None;
         }
         let mut tier_small: Vec<&Node> = rest.into_iter().take(n_small).collect();
-        tier_big.sort_by(|a, b| a.rec.name.cmp(&b.rec.name));
-        tier_small.sort_by(|a, b| a.rec.name.cmp(&b.rec.name));
+        tier_big.sort_by(|a, b| natural_cmp(&a.rec.name, &b.rec.name));
+        tier_small.sort_by(|a, b| natural_cmp(&a.rec.name, &b.rec.name));
         let mut out = Vec::with_capacity(spec.nodes as usize);
         let mut rank = 0;
         for (n, t) in tier_big.iter().map(|n| (n, big)).chain(tier_small.iter().map(|n| (n, small))) {
@@ -903,6 +903,35 @@ impl Core {
     }
 }
 
+/// `node2` before `node10`: digit runs compare as numbers.
+pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, xa), (db, xb)) in ca.iter().zip(cb.iter()) {
+        let ord = if *da && *db {
+            let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            xa.cmp(xb)
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
 fn kill_reason(r: &FailReason) -> KillReason {
     match r {
         FailReason::Cancelled => KillReason::Cancelled,
@@ -914,6 +943,13 @@ fn kill_reason(r: &FailReason) -> KillReason {
 #[cfg(test)]
 mod tests {
     use super::tasks_per_node;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["node10", "node2", "node1", "gpu3", "node02x"];
+        v.sort_by(|a, b| super::natural_cmp(a, b));
+        assert_eq!(v, vec!["gpu3", "node1", "node2", "node02x", "node10"]);
+    }
 
     #[test]
     fn block_distribution() {

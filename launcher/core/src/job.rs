@@ -74,7 +74,7 @@ impl FailReason {
             FailReason::NonZeroExit { rank, status } => format!("rank {rank} ended with {status}"),
             FailReason::LaunchFailed { rank, error } => format!("rank {rank} could not start: {error}"),
             FailReason::NodeFail { node } => {
-                format!("node {node} was lost while the job ran (its agent stayed away past the node timeout)")
+                format!("node {node} lost the job's tasks (its agent stayed away past the node timeout, or came back without them)")
             }
             FailReason::Timeout => "the attempt ran past its --time limit and was terminated".into(),
             FailReason::Cancelled => "cancelled while running; its tasks were terminated".into(),

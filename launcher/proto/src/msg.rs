@@ -366,7 +366,7 @@ pub struct JobSpec {
     pub script: Option<String>,
     /// Working directory on the nodes.
     pub cwd: String,
-    /// Output file pattern on the nodes (`%j` job, `%t` rank, `%N` node, `%x` name, `%%`).
+    /// Output file pattern on the nodes (`%j` job, `%t` rank, `%N` node name, `%n` node index, `%x` name, `%%`).
     pub output: Option<String>,
     /// Error file pattern (defaults to `output` when only that is given).
     pub error: Option<String>,
@@ -570,6 +570,8 @@ pub enum CancelOutcome {
     AlreadyDone(JobState),
     /// No such job.
     NotFound,
+    /// Someone else's job, and the caller is not an admin; nothing done.
+    NotYours,
 }
 
 /// Error categories a client can act on.

@@ -162,7 +162,7 @@ pub fn check(resp: Response) -> Result<Response> {
     match resp {
         Response::Error(e) => {
             let code = match e.kind {
-                launcher_proto::ErrorKind::Forbidden => exit::UNREACHABLE,
+                launcher_proto::ErrorKind::Forbidden => exit::USAGE,
                 launcher_proto::ErrorKind::Internal => exit::JOB_FAILED,
                 _ => exit::USAGE,
             };

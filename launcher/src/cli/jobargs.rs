@@ -32,7 +32,7 @@ pub struct JobArgs {
     /// Extra environment variable for every task, `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node, `%x` name).
+    /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node name, `%n` node index, `%x` job name, `%%`).
     #[arg(short = 'o', long, value_name = "PATTERN")]
     pub output: Option<String>,
     /// Also write stderr to this file on the node (default: the --output file).

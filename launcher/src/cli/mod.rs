@@ -81,9 +81,13 @@ pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, json: bool) -> Res
                         code = exit::USAGE;
                         "no such job".to_string()
                     }
+                    CancelOutcome::NotYours => {
+                        code = exit::USAGE;
+                        "not your job (only its owner or an admin may cancel it)".to_string()
+                    }
                 };
                 if !json {
-                    if matches!(o, CancelOutcome::NotFound) {
+                    if matches!(o, CancelOutcome::NotFound | CancelOutcome::NotYours) {
                         eprintln!("launcher: job {id}: {text}");
                     } else {
                         println!("job {id}: {text}");

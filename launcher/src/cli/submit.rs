@@ -17,9 +17,14 @@ pub struct Target {
     pub args: Vec<String>,
 }
 
-/// Was `--` present before the positional arguments of this subcommand?
-pub fn command_mode_from_argv() -> bool {
-    std::env::args().any(|a| a == "--")
+/// Command mode iff the target is exactly what follows a `--` on the command
+/// line (`submit -N 2 -- hostname`); `submit job.sh -- x` is a script with arguments.
+pub fn command_mode(argv: &[String], target: &[String]) -> bool {
+    if target.is_empty() || argv.len() <= target.len() {
+        return false;
+    }
+    let split = argv.len() - target.len();
+    argv[split..] == *target && argv[split - 1] == "--"
 }
 
 /// Build a spec from flags plus, in script mode, the script's directives.
@@ -151,4 +156,22 @@ pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: b
         eprintln!("launcher: job {job} {}: {why}", info.state);
     }
     Ok(job_exit_code(&info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_mode;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn double_dash_introduces_a_command_only_right_before_it() {
+        assert!(command_mode(&v("launcher submit -N 2 -- hostname -f"), &v("hostname -f")));
+        assert!(!command_mode(&v("launcher submit job.sh -- x y"), &v("job.sh -- x y")));
+        assert!(!command_mode(&v("launcher submit job.sh -- x y"), &v("job.sh x y")));
+        assert!(!command_mode(&v("launcher submit job.sh"), &v("job.sh")));
+        assert!(command_mode(&v("launcher run -- --"), &v("--")));
+    }
 }

@@ -39,8 +39,8 @@ pub enum Input {
     Queue { all: bool, reply: oneshot::Sender<Vec<JobInfo>> },
     /// One job.
     Show { job: JobId, reply: oneshot::Sender<Option<JobInfo>> },
-    /// Cancel.
-    Cancel { jobs: Vec<JobId>, reply: oneshot::Sender<Vec<(JobId, CancelOutcome)>> },
+    /// Cancel, on behalf of `user` (admins may cancel anyone's jobs).
+    Cancel { jobs: Vec<JobId>, user: String, admin: bool, reply: oneshot::Sender<Vec<(JobId, CancelOutcome)>> },
     /// Nodes.
     Nodes { reply: oneshot::Sender<Vec<NodeInfo>> },
     /// An agent registered on a new connection.
@@ -199,8 +199,13 @@ impl Driver {
                     let _ = reply.send(info);
                 }));
             }
-            Input::Cancel { jobs, reply } => {
-                let out = self.core.on_cancel(t, fx, &jobs);
+            Input::Cancel { jobs, user, admin, reply } => {
+                let mine = |id: &JobId| admin || self.core.job(*id).is_none_or(|j| j.spec.user == user);
+                let allowed: Vec<JobId> = jobs.iter().copied().filter(mine).collect();
+                let mut done: HashMap<JobId, CancelOutcome> =
+                    self.core.on_cancel(t, fx, &allowed).into_iter().collect();
+                let out: Vec<(JobId, CancelOutcome)> =
+                    jobs.iter().map(|id| (*id, done.remove(id).unwrap_or(CancelOutcome::NotYours))).collect();
                 replies.push(Box::new(move || {
                     let _ = reply.send(out);
                 }));
@@ -262,10 +267,18 @@ impl Driver {
         if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(format!("node name {name:?} must be 1-63 letters, digits, '-', '_' or '.'"));
         }
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err("bad public key: expected an uncompressed P-256 point (65 bytes)".into());
+        }
+        let issued = self.pki.issue_agent(name, public_key).map_err(|e| format!("bad public key: {e}"))?;
         if let Some(why) = self.store.use_token(&token_hash(token), t.0).map_err(|e| e.to_string())? {
             return Err(why.to_string());
         }
-        let issued = self.pki.issue_agent(name, public_key).map_err(|e| format!("bad public key: {e}"))?;
+        // A node that joins again (re-imaged, lost its state dir) replaces its
+        // old identity: the previous certificates for that name stop working.
+        for fp in self.store.revoke_agent(name).map_err(|e| e.to_string())? {
+            self.ids.write().expect("ids lock").remove(&fp);
+        }
         let id = CertIdentity { kind: "agent".into(), name: name.into(), role: "agent".into() };
         self.store.add_cert(&issued.fingerprint, &id).map_err(|e| e.to_string())?;
         self.ids.write().expect("ids lock").insert(issued.fingerprint, id);

@@ -302,7 +302,9 @@ async fn request(mut s: FramedStream, ctx: &Ctx, id: &CertIdentity) -> Result<()
             Some(info) => Response::Job(Box::new(info)),
             None => error(ErrorKind::NotFound, format!("no job {job}")),
         },
-        Request::Cancel { jobs } => Response::Cancelled(ctx.ask(|reply| Input::Cancel { jobs, reply }).await?),
+        Request::Cancel { jobs } => {
+            Response::Cancelled(ctx.ask(|reply| Input::Cancel { jobs, user: id.name.clone(), admin, reply }).await?)
+        }
         Request::Nodes => Response::Nodes(ctx.ask(|reply| Input::Nodes { reply }).await?),
         Request::Logs { job, rank, follow } => return logs(s, ctx, job, rank, follow).await,
         Request::CreateToken { .. } | Request::AddUser { .. } if !admin => {

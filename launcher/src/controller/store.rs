@@ -139,6 +139,23 @@ impl Store {
         Ok(())
     }
 
+    /// Revoke every agent certificate issued for `name`; returns their fingerprints.
+    pub fn revoke_agent(&self, name: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut st =
+            self.conn.prepare("SELECT fingerprint FROM certs WHERE kind = 'agent' AND name = ?1 AND revoked = 0")?;
+        let fps: Vec<String> = st.query_map([name], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        self.conn.execute("UPDATE certs SET revoked = 1 WHERE kind = 'agent' AND name = ?1", [name])?;
+        Ok(fps
+            .iter()
+            .filter_map(|f| nodeagent::wire::unhex(f).filter(|b| b.len() == 32))
+            .map(|b| {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&b);
+                k
+            })
+            .collect())
+    }
+
     /// All valid certificates.
     pub fn certs(&self) -> Result<HashMap<[u8; 32], CertIdentity>, StoreError> {
         let mut st = self.conn.prepare("SELECT fingerprint, kind, name, role FROM certs WHERE revoked = 0")?;
