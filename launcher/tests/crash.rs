@@ -186,3 +186,78 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
     }
     assert_eq!(jobs.len(), unique.len(), "no job exists that no client was told about");
 }
+
+#[test]
+fn task_output_written_while_the_controller_is_down_is_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("controller");
+    let port = free_udp_port();
+    let mut procs = Killer(vec![start_controller(&state, port)]);
+    let cred = wait_for_cred(&state);
+    let token = stdout(&cli(&cred, &["token", "create"])).trim().to_string();
+    procs.0.push(
+        Command::new(bin())
+            .args([
+                "__agent",
+                "--controller",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                &token,
+                "--cpus",
+                "2",
+                "--name",
+                "n1",
+                "--state-dir",
+            ])
+            .arg(tmp.path().join("agent"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = cli(
+        &cred,
+        &[
+            "submit",
+            "--parsable",
+            "-n",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 20); do echo tick $i; echo err $i >&2; sleep 0.1; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    // Let it print a few lines, then kill the controller while it keeps printing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = stdout(&cli(&cred, &["logs", &id]));
+        if logs.lines().count() >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job printed nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1200)); // the job keeps printing into the void
+    procs.0[0] = start_controller(&state, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value = serde_json::from_slice(&cli(&cred, &["show", &id, "--json"]).stdout).unwrap();
+        if v["state"] == "Succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for rank in ["0", "1"] {
+        let out = cli(&cred, &["logs", &id, "--rank", rank]);
+        let want_out: Vec<String> = (1..=20).map(|i| format!("tick {i}")).collect();
+        let want_err: Vec<String> = (1..=20).map(|i| format!("err {i}")).collect();
+        assert_eq!(stdout(&out).lines().map(String::from).collect::<Vec<_>>(), want_out, "rank {rank} stdout");
+        assert_eq!(stderr(&out).lines().map(String::from).collect::<Vec<_>>(), want_err, "rank {rank} stderr");
+    }
+}

@@ -181,6 +181,13 @@ async fn session(
     out_rx: &mut UnboundedReceiver<FromAgent>,
 ) -> Result<bool> {
     let (conn, mut ctl, _identity) = wire::connect(ep, addr, Role::Agent, Duration::from_secs(3)).await?;
+    // Output first, then the report: the controller has every byte of a task's
+    // output on disk before it can learn (from the report) that the task ended.
+    let mut resend = Vec::new();
+    for m in exec::spooled_output(table) {
+        resend.extend_from_slice(&launcher_proto::encode_frame(&m));
+    }
+    ctl.send.write_all(&resend).await?;
     ctl.send(&FromAgent::Register(RegisterMsg {
         name: name.to_string(),
         inventory: inv.clone(),

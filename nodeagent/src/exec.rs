@@ -159,33 +159,17 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         t.insert(key, run);
     }
     let spec = &msg.spec;
-    // A script is copied at submit time; write it out once per attempt.
-    let mut program: Option<(PathBuf, Vec<String>)> = None;
-    let mut setup_error: Option<String> = None;
-    if let Some(script) = &spec.script {
-        let dir = facts.state_dir.join("jobs").join(format!("{}.{}", msg.job, msg.attempt));
-        let path = dir.join("script");
-        let res = std::fs::create_dir_all(&dir).and_then(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::write(&path, script)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+    // Per-attempt directory: the script copy and the output spool.
+    let dir = attempt_dir(facts, msg.job, msg.attempt);
+    let prepared =
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display())).and_then(|()| {
+            table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
+            program_for(spec, &dir)
         });
-        match res {
-            Ok(()) => {
-                table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir);
-                if script.starts_with("#!") {
-                    program = Some((path, spec.command.clone()));
-                } else {
-                    let mut args = vec![path.to_string_lossy().into_owned()];
-                    args.extend(spec.command.iter().cloned());
-                    program = Some((PathBuf::from("/bin/sh"), args));
-                }
-            }
-            Err(e) => setup_error = Some(format!("cannot write the job script under {}: {e}", dir.display())),
-        }
-    } else if let Some((first, rest)) = spec.command.split_first() {
-        program = Some((PathBuf::from(first), rest.to_vec()));
-    }
+    let (program, mut setup_error) = match prepared {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e)),
+    };
     let cwd = if spec.cwd.is_empty() { PathBuf::from("/") } else { PathBuf::from(&spec.cwd) };
     if setup_error.is_none() && !cwd.is_dir() {
         setup_error = Some(format!("working directory {} does not exist on node {}", cwd.display(), facts.name));
@@ -239,12 +223,34 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 {
                     t.pgid = pgid;
                 }
-                tokio::spawn(watch_task(child, msg.job, msg.attempt, rank, files, table.clone(), out.clone()));
+                let spool = Spool { dir: dir.clone(), job: msg.job, rank };
+                tokio::spawn(watch_task(child, spool, msg.attempt, files, table.clone(), out.clone()));
             }
             Err(e) => fail(format!("cannot start {} on node {}: {e}", prog.display(), facts.name)),
         }
     }
     let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
+}
+
+/// What to exec: the command, or the job script (copied at submit time and
+/// written out once per attempt; run by its shebang, else by /bin/sh).
+fn program_for(spec: &launcher_proto::JobSpec, dir: &Path) -> Result<(PathBuf, Vec<String>), String> {
+    let Some(script) = &spec.script else {
+        let (first, rest) = spec.command.split_first().ok_or("nothing to run")?;
+        return Ok((PathBuf::from(first), rest.to_vec()));
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("script");
+    std::fs::write(&path, script)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot write the job script under {}: {e}", dir.display()))?;
+    if script.starts_with("#!") {
+        Ok((path, spec.command.clone()))
+    } else {
+        let mut args = vec![path.to_string_lossy().into_owned()];
+        args.extend(spec.command.iter().cloned());
+        Ok((PathBuf::from("/bin/sh"), args))
+    }
 }
 
 type OutFiles = (Option<std::fs::File>, Option<std::fs::File>);
@@ -276,15 +282,35 @@ fn record_exit(table: &JobTable, key: (JobId, u32), rank: u32, status: ExitStatu
     }
 }
 
-async fn pump(
-    mut r: impl tokio::io::AsyncRead + Unpin,
+/// The per-attempt scratch directory.
+pub fn attempt_dir(facts: &NodeFacts, job: JobId, attempt: u32) -> PathBuf {
+    facts.state_dir.join("jobs").join(format!("{job}.{attempt}"))
+}
+
+/// Where a task's output is spooled until the controller has recorded the
+/// attempt: `<attempt dir>/<rank>.out|err`. After a reconnect the agent resends
+/// the spool (with offsets) so output written while the controller was away
+/// is not lost.
+struct Spool {
+    dir: PathBuf,
     job: JobId,
     rank: u32,
+}
+
+fn spool_name(rank: u32, stream: Stream) -> String {
+    format!("{rank}.{}", if stream == Stream::Stdout { "out" } else { "err" })
+}
+
+async fn pump(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    spool: std::sync::Arc<Spool>,
     stream: Stream,
     mut file: Option<std::fs::File>,
     out: UnboundedSender<FromAgent>,
 ) {
     use std::io::Write;
+    let mut spool_file = open_append(&spool.dir.join(spool_name(spool.rank, stream))).ok();
+    let mut offset = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match r.read(&mut buf).await {
@@ -295,23 +321,60 @@ async fn pump(
                         file = None;
                     }
                 }
-                let _ = out.send(FromAgent::Output { job, rank, stream, data: buf[..n].to_vec() });
+                if let Some(f) = spool_file.as_mut() {
+                    if let Err(e) = f.write_all(&buf[..n]) {
+                        tracing::warn!(job = %spool.job, rank = spool.rank, "output spool: {e}; output sent while the controller is away may be lost");
+                        spool_file = None;
+                    }
+                }
+                let _ = out.send(FromAgent::Output {
+                    job: spool.job,
+                    rank: spool.rank,
+                    stream,
+                    offset,
+                    data: buf[..n].to_vec(),
+                });
+                offset += n as u64;
             }
         }
     }
 }
 
+/// Every spooled chunk of every held attempt, for resending after a reconnect.
+pub fn spooled_output(table: &JobTable) -> Vec<FromAgent> {
+    let held: Vec<(JobId, PathBuf, Vec<u32>)> = table
+        .lock()
+        .expect("job table lock")
+        .iter()
+        .filter_map(|(&(job, _), run)| run.dir.clone().map(|d| (job, d, run.tasks.keys().copied().collect())))
+        .collect();
+    let mut out = Vec::new();
+    for (job, dir, ranks) in held {
+        for rank in ranks {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                let Ok(data) = std::fs::read(dir.join(spool_name(rank, stream))) else { continue };
+                for (i, chunk) in data.chunks(256 * 1024).enumerate() {
+                    let offset = (i * 256 * 1024) as u64;
+                    out.push(FromAgent::Output { job, rank, stream, offset, data: chunk.to_vec() });
+                }
+            }
+        }
+    }
+    out
+}
+
 async fn watch_task(
     mut child: tokio::process::Child,
-    job: JobId,
+    spool: Spool,
     attempt: u32,
-    rank: u32,
     files: OutFiles,
     table: JobTable,
     out: UnboundedSender<FromAgent>,
 ) {
-    let so = child.stdout.take().map(|s| tokio::spawn(pump(s, job, rank, Stream::Stdout, files.0, out.clone())));
-    let se = child.stderr.take().map(|s| tokio::spawn(pump(s, job, rank, Stream::Stderr, files.1, out.clone())));
+    let (job, rank) = (spool.job, spool.rank);
+    let spool = std::sync::Arc::new(spool);
+    let so = child.stdout.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stdout, files.0, out.clone())));
+    let se = child.stderr.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stderr, files.1, out.clone())));
     let status = child.wait().await;
     // A task that left a daemon holding its pipes open must not hang the job:
     // give the pumps a moment to drain, then move on.

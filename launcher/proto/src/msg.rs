@@ -308,7 +308,8 @@ pub enum FromAgent {
         /// The attempt.
         attempt: u32,
     },
-    /// Output from a task, in order per (rank, stream).
+    /// Output from a task. `offset` is where `data` starts in that rank's
+    /// stream, so chunks resent after a reconnect are written once.
     Output {
         /// The job.
         job: JobId,
@@ -316,6 +317,8 @@ pub enum FromAgent {
         rank: u32,
         /// Which stream.
         stream: Stream,
+        /// Byte offset of `data` in the stream.
+        offset: u64,
         /// The bytes.
         data: Vec<u8>,
     },

@@ -191,26 +191,40 @@ async fn join(mut s: FramedStream, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Appends task output to per-rank files, keeping them open while a task runs.
+/// Appends task output to per-rank files, keeping them open while a task
+/// runs. Chunks carry their offset in the stream: bytes we already have (a
+/// resend after a reconnect) are skipped, so each byte is stored once.
 struct OutputSink {
     dir: PathBuf,
-    open: HashMap<(JobId, u32, Stream), std::fs::File>,
+    open: HashMap<(JobId, u32, Stream), (std::fs::File, u64)>,
 }
 
 impl OutputSink {
-    fn write(&mut self, job: JobId, rank: u32, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, job: JobId, rank: u32, stream: Stream, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let key = (job, rank, stream);
         if !self.open.contains_key(&key) {
             let dir = self.dir.join(job.to_string());
             std::fs::create_dir_all(&dir)?;
             let ext = if stream == Stream::Stdout { "out" } else { "err" };
             let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{rank}.{ext}")))?;
+            let len = f.metadata()?.len();
             if self.open.len() > 4096 {
                 self.open.clear();
             }
-            self.open.insert(key, f);
+            self.open.insert(key, (f, len));
         }
-        self.open.get_mut(&key).expect("inserted").write_all(data)
+        let (f, len) = self.open.get_mut(&key).expect("inserted");
+        let end = offset + data.len() as u64;
+        if end <= *len {
+            return Ok(()); // already stored
+        }
+        if offset > *len {
+            tracing::warn!(%job, rank, "output gap: have {} bytes, got a chunk at {offset}", *len);
+        }
+        let skip = len.saturating_sub(offset) as usize;
+        f.write_all(&data[skip..])?;
+        *len = (*len).max(offset) + (data.len() - skip) as u64;
+        Ok(())
     }
 
     fn close(&mut self, job: JobId, rank: u32) {
@@ -221,10 +235,19 @@ impl OutputSink {
 
 async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: Arc<Ctx>) -> Result<()> {
     let FramedStream { mut send, mut recv } = s;
-    let reg = match recv.recv::<FromAgent>().await? {
-        Some(FromAgent::Register(r)) => r,
-        Some(_) => return Err(anyhow!("agent {} sent something before registering", id.name)),
-        None => return Ok(()),
+    let mut sink = OutputSink { dir: ctx.logs_dir.clone(), open: HashMap::new() };
+    // Output resent from the agent's spool may precede the registration.
+    let reg = loop {
+        match recv.recv::<FromAgent>().await? {
+            Some(FromAgent::Register(r)) => break r,
+            Some(FromAgent::Output { job, rank, stream, offset, data }) => {
+                if let Err(e) = sink.write(job, rank, stream, offset, &data) {
+                    tracing::warn!(%job, rank, "cannot store output: {e}");
+                }
+            }
+            Some(_) => return Err(anyhow!("agent {} sent something before registering", id.name)),
+            None => return Ok(()),
+        }
     };
     if reg.name != id.name {
         return Err(anyhow!("agent certificate is for {} but it registered as {}", id.name, reg.name));
@@ -248,7 +271,6 @@ async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: 
             }
         }
     });
-    let mut sink = OutputSink { dir: ctx.logs_dir.clone(), open: HashMap::new() };
     let result = loop {
         let msg = match recv.recv::<FromAgent>().await {
             Ok(Some(m)) => m,
@@ -256,8 +278,8 @@ async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: 
             Err(e) => break Err(e),
         };
         match msg {
-            FromAgent::Output { job, rank, stream, data } => {
-                if let Err(e) = sink.write(job, rank, stream, &data) {
+            FromAgent::Output { job, rank, stream, offset, data } => {
+                if let Err(e) = sink.write(job, rank, stream, offset, &data) {
                     tracing::warn!(%job, rank, "cannot store output: {e}");
                 }
                 let _ = ctx.events.send(JobEvent { job });
