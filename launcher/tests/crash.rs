@@ -86,6 +86,7 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
         let agent = Command::new(bin())
             .args([
                 "__agent",
+                "--run-as-self",
                 "--controller",
                 &format!("127.0.0.1:{port}"),
                 "--token",
@@ -199,6 +200,7 @@ fn task_output_written_while_the_controller_is_down_is_not_lost() {
         Command::new(bin())
             .args([
                 "__agent",
+                "--run-as-self",
                 "--controller",
                 &format!("127.0.0.1:{port}"),
                 "--token",

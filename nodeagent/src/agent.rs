@@ -40,6 +40,13 @@ pub struct AgentArgs {
     /// A feature label for this node (repeatable).
     #[arg(long = "feature")]
     pub features: Vec<String>,
+    /// Run every task as the agent's own user instead of the submitter's local
+    /// account (the default when the agent is not root; `launcher up` sets it).
+    #[arg(long)]
+    pub run_as_self: bool,
+    /// Allow tasks of a submitter whose local account is root.
+    #[arg(long)]
+    pub allow_root_jobs: bool,
 }
 
 struct AgentCreds {
@@ -128,7 +135,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     inv.hostname = hostname();
     inv.features = args.features.clone();
     inv.agent_version = env!("CARGO_PKG_VERSION").into();
-    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone() };
+    let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
+    tracing::info!(?users, "task identity policy");
+    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone(), users };
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 

@@ -45,6 +45,8 @@ pub struct NodeFacts {
     pub name: String,
     /// Scratch directory for job files.
     pub state_dir: PathBuf,
+    /// Whose identity tasks run under.
+    pub users: crate::users::Policy,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -161,11 +163,13 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
     let spec = &msg.spec;
     // Per-attempt directory: the script copy and the output spool.
     let dir = attempt_dir(facts, msg.job, msg.attempt);
-    let prepared =
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display())).and_then(|()| {
-            table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
-            program_for(spec, &dir)
-        });
+    let account = facts.users.account_for(&spec.user, &facts.name);
+    let prepared = account.clone().and_then(|acct| {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
+        program_for(spec, &dir, acct.as_ref())
+    });
+    let account = account.unwrap_or(None);
     let (program, mut setup_error) = match prepared {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e)),
@@ -193,28 +197,46 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         let (prog, args) = program.clone().expect("program set when no setup error");
         let mut cmd = tokio::process::Command::new(&prog);
         cmd.args(&args)
-            .current_dir(&cwd)
             .envs(task_env(&msg, facts, rank, task.local_rank))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
-        // task if the agent thread that forked it dies, so no task outlives a lost agent.
+        if let Some(a) = &account {
+            cmd.env("USER", &a.name).env("LOGNAME", &a.name).env("HOME", &a.home).env("SHELL", &a.shell);
+        }
+        let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
+        let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: only async-signal-safe calls between fork and exec. Order
+        // matters: groups and gid before uid (they need root), chdir after (the
+        // directory must be reachable as the user), and the death signal last
+        // (a credential change clears it): no task outlives a lost agent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some((uid, gid, groups)) = &creds {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(*gid) != 0
+                        || libc::setuid(*uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::chdir(cwd_c.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let files = match open_output_files(&msg, facts, rank, &cwd) {
-            Ok(f) => f,
-            Err(e) => {
-                fail(e);
-                continue;
-            }
-        };
+        let files =
+            match crate::users::with_fs_identity(account.as_ref(), || open_output_files(&msg, facts, rank, &cwd)) {
+                Ok(f) => f,
+                Err(e) => {
+                    fail(e);
+                    continue;
+                }
+            };
         match cmd.spawn() {
             Ok(child) => {
                 let pgid = child.id().map(|p| p as i32);
@@ -234,7 +256,11 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
 
 /// What to exec: the command, or the job script (copied at submit time and
 /// written out once per attempt; run by its shebang, else by /bin/sh).
-fn program_for(spec: &launcher_proto::JobSpec, dir: &Path) -> Result<(PathBuf, Vec<String>), String> {
+fn program_for(
+    spec: &launcher_proto::JobSpec,
+    dir: &Path,
+    acct: Option<&crate::users::Account>,
+) -> Result<(PathBuf, Vec<String>), String> {
     let Some(script) = &spec.script else {
         let (first, rest) = spec.command.split_first().ok_or("nothing to run")?;
         return Ok((PathBuf::from(first), rest.to_vec()));
@@ -243,6 +269,13 @@ fn program_for(spec: &launcher_proto::JobSpec, dir: &Path) -> Result<(PathBuf, V
     let path = dir.join("script");
     std::fs::write(&path, script)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
+        .and_then(|()| match acct {
+            // The task's user must be able to run it; the directory only lets
+            // it through (0711), without listing the spool beside it.
+            Some(a) => std::os::unix::fs::chown(&path, Some(a.uid), Some(a.gid))
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))),
+            None => Ok(()),
+        })
         .map_err(|e| format!("cannot write the job script under {}: {e}", dir.display()))?;
     if script.starts_with("#!") {
         Ok((path, spec.command.clone()))
@@ -490,7 +523,8 @@ mod tests {
             tasks_per_node: vec![2, 2],
             tasks: vec![TaskMsg { rank: 2, local_rank: 0 }, TaskMsg { rank: 3, local_rank: 1 }],
         };
-        let facts = NodeFacts { name: "node2".into(), state_dir: "/tmp".into() };
+        let facts =
+            NodeFacts { name: "node2".into(), state_dir: "/tmp".into(), users: crate::users::Policy::RunAsSelf };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");
         assert_eq!(env["LAUNCHER_LOCAL_RANK"], "1");

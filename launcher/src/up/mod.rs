@@ -124,6 +124,8 @@ impl LocalCluster {
                 state.into(),
                 "--name".into(),
                 name.into(),
+                // A personal cluster: every job runs as whoever started `up`.
+                "--run-as-self".into(),
             ];
             if let Some(c) = args.cpus_per_node {
                 a.push("--cpus".into());
