@@ -13,6 +13,7 @@ pub mod agent;
 pub mod exec;
 pub mod hostlist;
 pub mod inventory;
+pub mod pmi;
 pub mod users;
 pub mod wire;
 
