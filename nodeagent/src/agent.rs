@@ -137,7 +137,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     inv.agent_version = env!("CARGO_PKG_VERSION").into();
     let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
     tracing::info!(?users, "task identity policy");
-    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone(), users };
+    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone(), users, pmi: Default::default() };
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 
@@ -211,6 +211,10 @@ async fn session(
         Some(other) => bail!("expected Registered, got {other:?}"),
         None => bail!("controller closed the control stream during registration"),
     };
+    // PMI fences the controller may not have seen (it may have restarted).
+    for m in crate::pmi::driver::pending(&facts.pmi) {
+        ctl.send(&m).await?;
+    }
     let wire::FramedStream { mut send, mut recv } = ctl;
     let writer = async {
         let mut tick = tokio::time::interval(heartbeat);
@@ -244,6 +248,9 @@ async fn session(
                 ToAgent::Launch(l) => exec::launch(*l, facts, table, out_tx),
                 ToAgent::Kill(k) => exec::kill(table, k.job, k.attempt, Duration::from_millis(k.grace_ms)),
                 ToAgent::Forget { job, attempt } => exec::forget(table, job, attempt),
+                ToAgent::FenceDone { job, attempt, seq, puts } => {
+                    crate::pmi::driver::deliver(&facts.pmi, job, attempt, seq, puts)
+                }
                 ToAgent::Registered { .. } => {}
             }
         }

@@ -47,6 +47,8 @@ pub struct NodeFacts {
     pub state_dir: PathBuf,
     /// Whose identity tasks run under.
     pub users: crate::users::Policy,
+    /// PMI steps running here.
+    pub pmi: crate::pmi::driver::Routes,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -174,6 +176,31 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e)),
     };
+    // Direct MPI launch: a PMI-1 server for the ranks (research/mpi-wiring.md).
+    let serve_pmi = match spec.mpi {
+        launcher_proto::MpiMode::Pmi1 => true,
+        launcher_proto::MpiMode::None => false,
+        launcher_proto::MpiMode::Auto => spec.tasks > 1,
+    };
+    let mut pmi: Option<(crate::pmi::Engine, Vec<crate::pmi::driver::Pair>)> = None;
+    if serve_pmi && setup_error.is_none() {
+        let info = crate::pmi::JobInfo {
+            kvsname: format!("kvs_{}_{}", msg.job, msg.attempt),
+            size: spec.tasks,
+            universe_size: spec.tasks,
+            appnum: 0,
+            tasks_per_node: msg.tasks_per_node.clone(),
+            local_ranks: msg.tasks.iter().map(|t| t.rank).collect(),
+        };
+        let ranks: Vec<u32> = msg.tasks.iter().map(|t| t.rank).collect();
+        match crate::pmi::Engine::new(info)
+            .map_err(|e| e.to_string())
+            .and_then(|engine| crate::pmi::driver::socketpairs(&ranks).map(|p| (engine, p)).map_err(|e| e.to_string()))
+        {
+            Ok(x) => pmi = Some(x),
+            Err(e) => setup_error = Some(format!("cannot set up the PMI server: {e}")),
+        }
+    }
     let cwd = if spec.cwd.is_empty() { PathBuf::from("/") } else { PathBuf::from(&spec.cwd) };
     if setup_error.is_none() && !cwd.is_dir() {
         setup_error = Some(format!("working directory {} does not exist on node {}", cwd.display(), facts.name));
@@ -206,6 +233,16 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         if let Some(a) = &account {
             cmd.env("USER", &a.name).env("LOGNAME", &a.name).env("HOME", &a.home).env("SHELL", &a.shell);
         }
+        let pmi_fd: Option<i32> = pmi
+            .as_ref()
+            .and_then(|(_, pairs)| pairs.iter().find(|(r, ..)| *r == rank))
+            .map(|(_, theirs, _)| std::os::fd::AsRawFd::as_raw_fd(theirs));
+        if let Some(fd) = pmi_fd {
+            cmd.env("PMI_FD", fd.to_string())
+                .env("PMI_RANK", rank.to_string())
+                .env("PMI_SIZE", spec.tasks.to_string())
+                .env("PMI_JOBID", format!("kvs_{}_{}", msg.job, msg.attempt));
+        }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
         let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: only async-signal-safe calls between fork and exec. Order
@@ -224,6 +261,12 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 }
                 if libc::chdir(cwd_c.as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The PMI socket is the one descriptor the task inherits.
+                if let Some(fd) = pmi_fd {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
@@ -250,6 +293,22 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
             }
             Err(e) => fail(format!("cannot start {} on node {}: {e}", prog.display(), facts.name)),
         }
+    }
+    if let Some((engine, pairs)) = pmi {
+        // Our copies of the tasks' ends close here; the tasks keep theirs.
+        let conns = pairs.into_iter().map(|(r, _theirs, ours)| (r, ours)).collect();
+        crate::pmi::driver::spawn(
+            engine,
+            conns,
+            crate::pmi::driver::StepCtx {
+                job: msg.job,
+                attempt: msg.attempt,
+                single_node: msg.nodelist.len() == 1,
+                out: out.clone(),
+                routes: facts.pmi.clone(),
+                table: table.clone(),
+            },
+        );
     }
     let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
 }
@@ -523,8 +582,12 @@ mod tests {
             tasks_per_node: vec![2, 2],
             tasks: vec![TaskMsg { rank: 2, local_rank: 0 }, TaskMsg { rank: 3, local_rank: 1 }],
         };
-        let facts =
-            NodeFacts { name: "node2".into(), state_dir: "/tmp".into(), users: crate::users::Policy::RunAsSelf };
+        let facts = NodeFacts {
+            name: "node2".into(),
+            state_dir: "/tmp".into(),
+            users: crate::users::Policy::RunAsSelf,
+            pmi: Default::default(),
+        };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");
         assert_eq!(env["LAUNCHER_LOCAL_RANK"], "1");

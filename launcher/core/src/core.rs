@@ -9,6 +9,9 @@ use launcher_proto::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
+/// PMI key-value puts, in put order.
+type Puts = Vec<(String, String)>;
+
 /// Tunables the driver passes in.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -112,6 +115,9 @@ pub struct Core {
     deadlines: BTreeSet<(u64, JobId)>,
     /// (since, node) of unreachable nodes.
     unreachable: BTreeSet<(Time, NodeId)>,
+    /// PMI fences in progress: (job, attempt, seq) → puts by node rank. Not
+    /// persisted: agents resend an unanswered fence after reconnecting.
+    fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
     next_job: u64,
     next_node: u32,
     next_generation: u64,
@@ -137,6 +143,7 @@ impl Core {
             ineligible: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             unreachable: BTreeSet::new(),
+            fences: BTreeMap::new(),
             next_job: 1,
             next_node: 1,
             next_generation: 1,
@@ -383,7 +390,47 @@ impl Core {
             FromAgent::TaskExited { job, attempt, rank, status } => {
                 self.task_exited(now, fx, job, attempt, rank, status);
             }
+            FromAgent::Fence { job, attempt, seq, puts } => self.fence(fx, node, job, attempt, seq, puts),
+            FromAgent::MpiAbort { job, attempt, rank, code, message } => {
+                let Some(j) = self.jobs.get_mut(&job) else { return };
+                if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) {
+                    return;
+                }
+                if j.fail.is_none() {
+                    j.fail = Some(FailReason::MpiAbort { rank, code, message });
+                }
+                let reason = j.fail.clone().expect("set above");
+                self.terminate(now, fx, job, reason);
+            }
             FromAgent::Output { .. } | FromAgent::Heartbeat { .. } => {}
+        }
+    }
+
+    /// One node reached PMI fence `seq`; when all have, answer every node with
+    /// the merged puts (node-rank order, so every replica is identical).
+    fn fence(
+        &mut self,
+        fx: &mut impl Effects,
+        node: NodeId,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        puts: Vec<(String, String)>,
+    ) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) {
+            return;
+        }
+        let Some(node_rank) = j.alloc.iter().position(|a| a.node == node) else { return };
+        let entry = self.fences.entry((job, attempt, seq)).or_default();
+        entry.entry(node_rank as u32).or_insert(puts);
+        if entry.len() < j.alloc.len() {
+            return;
+        }
+        let merged: Vec<(String, String)> =
+            self.fences.remove(&(job, attempt, seq)).expect("present").into_values().flatten().collect();
+        for a in &j.alloc {
+            fx.send(a.node, ToAgent::FenceDone { job, attempt, seq, puts: merged.clone() });
         }
     }
 
@@ -636,6 +683,7 @@ impl Core {
             Some(FailReason::NonZeroExit { status, .. }) => status.code(),
             Some(FailReason::LaunchFailed { .. }) | Some(FailReason::NodeFail { .. }) => 255,
             Some(FailReason::Timeout) | Some(FailReason::Cancelled) => highest.max(1),
+            Some(FailReason::MpiAbort { code, .. }) => (*code).clamp(1, 255),
         });
         job.end_time = Some(now.0);
         if let Some(d) = job.deadline() {
@@ -645,6 +693,10 @@ impl Core {
             None => "succeeded".to_string(),
             Some(f) => format!("failed: {}", f.text()),
         };
+        let stale: Vec<_> = self.fences.range((id, 0, 0)..=(id, u32::MAX, u64::MAX)).map(|(k, _)| *k).collect();
+        for k in stale {
+            self.fences.remove(&k);
+        }
         for a in &job.alloc {
             if let Some(n) = self.nodes.get_mut(&a.node) {
                 n.alloc_cpus -= a.cpus;
@@ -892,6 +944,10 @@ impl Core {
             if job.state == JobState::Succeeded {
                 assert!(job.exits.values().all(ExitStatus::success));
             }
+        }
+        for (job, ..) in self.fences.keys() {
+            let active = self.jobs.get(job).is_some_and(|j| matches!(j.state, JobState::Starting | JobState::Running));
+            assert!(active, "fence state kept for job {job}, which is not running");
         }
         for n in self.nodes.values() {
             assert_eq!(n.alloc_cpus, cpus.get(&n.rec.id).copied().unwrap_or(0), "node {} cpu accounting", n.rec.name);

@@ -54,6 +54,15 @@ pub enum FailReason {
     Timeout,
     /// Cancelled while running.
     Cancelled,
+    /// A rank called `MPI_Abort`.
+    MpiAbort {
+        /// Rank.
+        rank: u32,
+        /// The code it asked for.
+        code: i32,
+        /// Its message.
+        message: Option<String>,
+    },
 }
 
 impl FailReason {
@@ -65,6 +74,7 @@ impl FailReason {
             FailReason::NodeFail { .. } => "NodeFail",
             FailReason::Timeout => "Timeout",
             FailReason::Cancelled => "Cancelled",
+            FailReason::MpiAbort { .. } => "MpiAbort",
         }
     }
 
@@ -78,6 +88,10 @@ impl FailReason {
             }
             FailReason::Timeout => "the attempt ran past its --time limit and was terminated".into(),
             FailReason::Cancelled => "cancelled while running; its tasks were terminated".into(),
+            FailReason::MpiAbort { rank, code, message } => match message {
+                Some(m) => format!("rank {rank} called MPI_Abort with code {code}: {m}"),
+                None => format!("rank {rank} called MPI_Abort with code {code}"),
+            },
         }
     }
 }

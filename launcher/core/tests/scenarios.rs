@@ -499,3 +499,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pmi_fence_completes_when_every_node_arrived_and_merges_in_node_order() {
+    let mut e = Env::new();
+    for n in ["a", "b", "c"] {
+        e.add_node(n, 2);
+    }
+    let id = e.submit(spec(3, 3));
+    e.schedule();
+    let l = e.launches();
+    for (n, m) in &l {
+        e.agent(*n, FromAgent::Started { job: id, attempt: m.attempt });
+    }
+    // Arrive in reverse node order: the answer is still in node-rank order.
+    let mut by_rank: Vec<(u32, NodeId)> = l.iter().map(|(n, m)| (m.node_rank, *n)).collect();
+    by_rank.sort();
+    for (i, &(nr, node)) in by_rank.iter().rev().enumerate() {
+        let puts = vec![(format!("k{nr}"), format!("v{nr}"))];
+        e.agent(node, FromAgent::Fence { job: id, attempt: 1, seq: 1, puts });
+        let done: Vec<_> = e.fx.sent.iter().filter(|(_, m)| matches!(m, ToAgent::FenceDone { .. })).collect();
+        if i < 2 {
+            assert!(done.is_empty(), "no answer before every node arrived");
+        } else {
+            assert_eq!(done.len(), 3, "every node gets the result");
+            for (_, m) in done {
+                let ToAgent::FenceDone { seq, puts, .. } = m else { unreachable!() };
+                assert_eq!(*seq, 1);
+                let keys: Vec<&str> = puts.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(keys, vec!["k0", "k1", "k2"]);
+            }
+        }
+    }
+    // A fence left half-way is dropped when the job ends (sanity_check verifies).
+    e.agent(by_rank[0].1, FromAgent::Fence { job: id, attempt: 1, seq: 2, puts: vec![] });
+    e.agent(by_rank[1].1, FromAgent::MpiAbort { job: id, attempt: 1, rank: 1, code: 5, message: None });
+    let kills = e.fx.sent.iter().filter(|(_, m)| matches!(m, ToAgent::Kill(_))).count();
+    assert_eq!(kills, 3, "MPI_Abort terminates the job on every node");
+    for (n, m) in &l {
+        for t in &m.tasks {
+            e.agent(*n, FromAgent::TaskExited { job: id, attempt: 1, rank: t.rank, status: ExitStatus::Signal(15) });
+        }
+    }
+    let info = e.core.job_info(id).unwrap();
+    assert_eq!((info.state, info.reason.as_deref(), info.exit_code), (JobState::Failed, Some("MpiAbort"), Some(5)));
+    assert!(info.reason_text.unwrap().contains("rank 1 called MPI_Abort with code 5"));
+}

@@ -277,6 +277,17 @@ pub enum ToAgent {
     Launch(Box<LaunchMsg>),
     /// Stop tasks.
     Kill(KillMsg),
+    /// Fence `seq` is complete: the puts of all nodes, in node-rank order.
+    FenceDone {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Fence number.
+        seq: u64,
+        /// Merged puts.
+        puts: Vec<(String, String)>,
+    },
     /// The controller durably recorded every exit of this attempt on this node;
     /// the agent may forget it.
     Forget {
@@ -333,6 +344,33 @@ pub enum FromAgent {
         /// How it ended.
         status: ExitStatus,
     },
+    /// Every local rank of the attempt entered a PMI barrier: this node's puts
+    /// since the previous fence. The controller answers `FenceDone` to every node
+    /// once all of the job's nodes sent fence `seq`. Resent after a reconnect
+    /// until answered.
+    Fence {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Fence number, from 1, per attempt.
+        seq: u64,
+        /// Key-value puts, in put order.
+        puts: Vec<(String, String)>,
+    },
+    /// A rank called `MPI_Abort` (PMI `cmd=abort`): the whole job must end.
+    MpiAbort {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The aborting rank.
+        rank: u32,
+        /// The exit code it asked for.
+        code: i32,
+        /// Its message, if any.
+        message: Option<String>,
+    },
     /// Liveness.
     Heartbeat {
         /// Tasks running on the node.
@@ -375,6 +413,20 @@ pub struct JobSpec {
     pub error: Option<String>,
     /// Submitting user, from the credential.
     pub user: String,
+    /// Whether tasks get a PMI-1 server (direct MPI launch).
+    pub mpi: MpiMode,
+}
+
+/// PMI service for a job's tasks (`--mpi`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MpiMode {
+    /// Serve PMI-1 to every job with more than one task.
+    #[default]
+    Auto,
+    /// Always serve PMI-1.
+    Pmi1,
+    /// Never.
+    None,
 }
 
 /// Job states (AWS Batch's, plus CANCELLED for jobs cancelled before they start).
@@ -671,6 +723,7 @@ mod tests {
                 0, 0, // time_limit None, env []
                 1, 4, b't', b'r', b'u', b'e', // command
                 0, 0, 0, 0, 0, // script cwd output error user
+                0, // mpi Auto
                 1, 5 // key Some(5)
             ]
         );

@@ -41,6 +41,9 @@ pub struct JobArgs {
     /// Working directory of the tasks (default: the current directory).
     #[arg(short = 'D', long, value_name = "DIR")]
     pub chdir: Option<String>,
+    /// PMI for direct MPI launch: `auto` (every job with more than one task), `pmi1`, or `none`.
+    #[arg(long, value_name = "MODE")]
+    pub mpi: Option<String>,
 }
 
 impl JobArgs {
@@ -59,6 +62,7 @@ impl JobArgs {
             output: self.output.or(other.output),
             error: self.error.or(other.error),
             chdir: self.chdir.or(other.chdir),
+            mpi: self.mpi.or(other.mpi),
         }
     }
 
@@ -102,6 +106,12 @@ impl JobArgs {
             output: self.output.clone(),
             error: self.error.clone(),
             user: String::new(),
+            mpi: match self.mpi.as_deref() {
+                None | Some("auto") => launcher_proto::MpiMode::Auto,
+                Some("pmi1") | Some("pmi") => launcher_proto::MpiMode::Pmi1,
+                Some("none") => launcher_proto::MpiMode::None,
+                Some(other) => bail!("--mpi {other:?}: expected auto, pmi1 or none"),
+            },
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)

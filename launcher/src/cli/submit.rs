@@ -28,7 +28,12 @@ pub fn command_mode(argv: &[String], target: &[String]) -> bool {
 }
 
 /// Build a spec from flags plus, in script mode, the script's directives.
-pub fn build_spec(flags: JobArgs, target: Target) -> Result<JobSpec> {
+///
+/// Without `--`, a text file starting with `#!` is a batch script (its
+/// `#LAUNCHER` lines count); any other file, such as a compiled MPI program,
+/// is run as a program. With `programs_on_path` (`run`, like srun), a name
+/// that is not a file is a program looked up on the nodes' PATH.
+pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Result<JobSpec> {
     if target.args.is_empty() {
         return Err(usage(
             "nothing to run: give a script file, or a command after `--` (e.g. `launcher submit -N 2 -- hostname`)",
@@ -38,13 +43,31 @@ pub fn build_spec(flags: JobArgs, target: Target) -> Result<JobSpec> {
         return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
     }
     let path = PathBuf::from(&target.args[0]);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        usage(format!(
-            "cannot read script {}: {e} (to run a program instead, put it after `--`: `launcher submit -- {}`)",
-            path.display(),
-            target.args[0]
-        ))
-    })?;
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && programs_on_path && !target.args[0].contains('/') => {
+            return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
+        }
+        Err(e) => {
+            return Err(usage(format!(
+                "cannot read script {}: {e} (to run a program instead, put it after `--`: `launcher submit -- {}`)",
+                path.display(),
+                target.args[0]
+            )))
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) if t.starts_with("#!") => t,
+        _ => {
+            // A program (an ELF binary, say): run it as a command, by absolute
+            // path so the nodes find it whatever their working directory.
+            let mut args = target.args;
+            if let Ok(abs) = std::path::absolute(&path) {
+                args[0] = abs.to_string_lossy().into_owned();
+            }
+            return flags.to_spec(args, None).map_err(|e| usage(format!("{e:#}")));
+        }
+    };
     let dir_args = directives(&text).map_err(|e| usage(format!("{}: {e:#}", path.display())))?;
     #[derive(Parser)]
     #[command(no_binary_name = true)]
@@ -77,7 +100,7 @@ pub async fn submit_spec(client: &mut Client, spec: JobSpec) -> Result<JobId> {
 
 /// `launcher submit`.
 pub async fn submit(cred: Option<PathBuf>, flags: JobArgs, target: Target, parsable: bool) -> Result<i32> {
-    let spec = build_spec(flags, target)?;
+    let spec = build_spec(flags, target, false)?;
     let mut client = Client::connect(cred).await?;
     let job = submit_spec(&mut client, spec).await?;
     if parsable {
@@ -135,7 +158,7 @@ pub async fn follow(client: &Client, job: JobId, rank: Option<u32>, label: bool,
 
 /// `launcher run`: submit, stream output, exit with the job's code; Ctrl-C cancels.
 pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: bool) -> Result<i32> {
-    let spec = build_spec(flags, target)?;
+    let spec = build_spec(flags, target, true)?;
     let mut client = Client::connect(cred).await?;
     let job = submit_spec(&mut client, spec).await?;
     let streaming = follow(&client, job, None, label, true);

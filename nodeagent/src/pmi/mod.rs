@@ -35,6 +35,7 @@
 //! first line itself: PMI-2 clients also open with `cmd=init pmi_version=2`, and
 //! the engine answers that line with `rc=-1`.
 
+pub mod driver;
 pub mod engine;
 pub mod mapping;
 pub mod wire;

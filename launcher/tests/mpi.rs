@@ -1,0 +1,71 @@
+//! Direct MPI launch with Debian's MPICH: no mpirun, no ssh, no hostfile. The
+//! agents serve PMI-1 over PMI_FD and exchange fences through the controller.
+//! Skips (loudly) where MPICH's compiler is not installed.
+
+mod common;
+
+use common::{stderr, stdout, Cluster};
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn build_hello(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let cc = ["mpicc.mpich", "mpicc"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("-show").output().is_ok_and(|o| o.status.success()))?;
+    let src = common::repo_root().join("mpi-tests/c/hello.c");
+    // Unique name, so the no-process-left check below cannot see another test's ranks.
+    let exe = dir.join(format!("hello-mpi-{}", std::process::id()));
+    let out = Command::new(cc).arg("-O2").arg("-o").arg(&exe).arg(&src).output().ok()?;
+    assert!(out.status.success(), "{cc} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(exe)
+}
+
+#[test]
+fn mpich_ranks_wire_up_across_nodes_and_abort_ends_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build_hello(dir.path()) else {
+        println!("SKIP: MPICH not installed (apt-get install mpich libmpich-dev)");
+        return;
+    };
+    let netns = common::netns_unavailable().is_none();
+    if !netns {
+        println!("note: not root; the 3 nodes share loopback");
+    }
+    let c = Cluster::start(3, 2, netns);
+    let exe_s = exe.to_str().unwrap();
+
+    // Six ranks over three nodes, launched directly.
+    let out = c.cli(&["run", "-N", "3", "-n", "6", exe_s]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let mut ranks = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for line in stdout(&out).lines() {
+        // rank R of 6 on HOST sum 15 ring R-1
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 10, "{line}");
+        let r: u32 = f[1].parse().unwrap();
+        assert_eq!((f[3], f[7]), ("6", "15"), "size and allreduce: {line}");
+        assert_eq!(f[9].parse::<u32>().unwrap(), (r + 5) % 6, "ring neighbour: {line}");
+        ranks.insert(r);
+        hosts.insert(f[5].to_string());
+    }
+    assert_eq!(ranks, (0..6).collect());
+    if netns {
+        assert_eq!(hosts.len(), 3, "ranks on three distinct nodes");
+    }
+
+    // MPI_Abort from rank 1 while the others wait forever in a barrier: the job
+    // ends with code 5 and no rank is left on any node.
+    let t = std::time::Instant::now();
+    let out = c.cli(&["run", "-N", "3", "-n", "6", exe_s, "abort"]);
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("rank 1 called MPI_Abort with code 5"), "{}", stderr(&out));
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "abort took {:?}", t.elapsed());
+    let left = Command::new("pgrep").arg("-f").arg(exe_s).output().unwrap();
+    assert!(stdout(&left).trim().is_empty(), "ranks left behind: {}", stdout(&left));
+
+    // --mpi none: no PMI; each rank is an MPI singleton of size 1.
+    let out = c.cli(&["run", "-N", "1", "-n", "2", "--mpi", "none", exe_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).lines().all(|l| l.contains(" of 1 ")), "{}", stdout(&out));
+}
