@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 /// launcher: a self-hosted HPC batch system.
 ///
-/// Exit codes: 0 ok, 1 the job failed, 2 usage error or refused request,
-/// 3 cannot reach or authenticate to the controller.
+/// Exit codes: 0 ok, 1 internal failure, 2 usage error or refused request,
+/// 3 cannot reach or authenticate to the controller. `run` exits with the
+/// job's own exit code (its first failing rank's), like srun.
 #[derive(Parser, Debug)]
 #[command(name = "launcher", version, about, long_about)]
 struct Cli {

@@ -122,9 +122,20 @@ fn local_addr_towards(controller: std::net::SocketAddr) -> String {
 }
 
 /// Run the agent until SIGTERM/SIGINT.
-pub async fn run(args: AgentArgs) -> Result<()> {
+pub async fn run(mut args: AgentArgs) -> Result<()> {
+    // Job scripts are exec'd after a chdir: every path we hand out must be absolute.
+    args.state_dir =
+        std::path::absolute(&args.state_dir).with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
     let name = args.name.clone().unwrap_or_else(hostname);
     let creds = ensure_creds(&args, &name).await?;
+    // A fresh agent holds no tasks (they die with the agent that started them),
+    // so attempt directories left by an earlier run are stale: remove them.
+    let jobs_dir = args.state_dir.join("jobs");
+    if jobs_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&jobs_dir) {
+            tracing::warn!("cannot clear stale {}: {e}", jobs_dir.display());
+        }
+    }
     let addr = wire::resolve(&args.controller)?;
     let ep = wire::client_endpoint(wire::client_config(&creds.ca, &creds.cert, &creds.key)?)?;
     let mut inv = inventory::discover(Path::new("/"));

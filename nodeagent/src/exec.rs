@@ -167,7 +167,13 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
     let dir = attempt_dir(facts, msg.job, msg.attempt);
     let account = facts.users.account_for(&spec.user, &facts.name);
     let prepared = account.clone().and_then(|acct| {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                // Traversable (a task's user runs its script from here), not listable.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            })
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
         program_for(spec, &dir, acct.as_ref())
     });
@@ -331,8 +337,7 @@ fn program_for(
         .and_then(|()| match acct {
             // The task's user must be able to run it; the directory only lets
             // it through (0711), without listing the spool beside it.
-            Some(a) => std::os::unix::fs::chown(&path, Some(a.uid), Some(a.gid))
-                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))),
+            Some(a) => std::os::unix::fs::chown(&path, Some(a.uid), Some(a.gid)),
             None => Ok(()),
         })
         .map_err(|e| format!("cannot write the job script under {}: {e}", dir.display()))?;
@@ -401,7 +406,16 @@ async fn pump(
     out: UnboundedSender<FromAgent>,
 ) {
     use std::io::Write;
-    let mut spool_file = open_append(&spool.dir.join(spool_name(spool.rank, stream))).ok();
+    // Only the agent reads the spool (mode 0600): other users' output stays private.
+    let mut spool_file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(spool.dir.join(spool_name(spool.rank, stream)))
+            .ok()
+    };
     let mut offset = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
