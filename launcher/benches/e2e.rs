@@ -129,6 +129,44 @@ fn main() {
         println!("launcher run {label}: median {:.1} ms (min {min:.1}, max {max:.1}, n=10)", median(v));
     }
 
+    // 4. Direct MPI launch vs MPICH's own launcher (when MPICH is installed).
+    let hello = dir.path().join("hello_mpich");
+    let built = Command::new("mpicc.mpich")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&hello)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../mpi-tests/c/hello.c"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if built {
+        let h = hello.to_str().unwrap();
+        let time10 = |f: &dyn Fn()| {
+            f();
+            median(
+                (0..10)
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64() * 1000.0
+                    })
+                    .collect(),
+            )
+        };
+        let ours = time10(&|| {
+            cli(&["run", "-N", "2", "-n", "4", h]);
+        });
+        let hydra = time10(&|| {
+            let s = Command::new("mpiexec.hydra").args(["-n", "4", h]).stdout(Stdio::null()).status().unwrap();
+            assert!(s.success());
+        });
+        println!(
+            "MPI hello, 4 ranks: launcher run -N 2 -n 4 median {ours:.1} ms; mpiexec.hydra -n 4 (one host) median {hydra:.1} ms; ratio {:.2}",
+            ours / hydra
+        );
+    } else {
+        println!("MPI hello: SKIP (mpicc.mpich not found)");
+    }
+
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(up.id() as i32, libc::SIGTERM);
