@@ -38,6 +38,18 @@ fn start_controller(dir: &Path, port: u16) -> Child {
         .expect("start controller")
 }
 
+/// A loopback agent running tasks as itself (the admin credential has no local account).
+fn start_agent(port: u16, token: &str, name: &str, cpus: u32, dir: &Path) -> Child {
+    Command::new(bin())
+        .args(["__agent", "--run-as-self", "--controller", &format!("127.0.0.1:{port}"), "--token", token])
+        .args(["--cpus", &cpus.to_string(), "--name", name, "--state-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start agent")
+}
+
 fn cli(cred: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin())
         .args(args)
@@ -83,25 +95,7 @@ fn kill_9_of_the_controller_loses_no_acknowledged_job_and_runs_none_twice() {
         let out = cli(&cred, &["token", "create", "--ttl", "10m"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let token = stdout(&out).trim().to_string();
-        let agent = Command::new(bin())
-            .args([
-                "__agent",
-                "--run-as-self",
-                "--controller",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                &token,
-                "--cpus",
-                "4",
-                "--name",
-                &format!("n{i}"),
-                "--state-dir",
-            ])
-            .arg(tmp.path().join(format!("agent{i}")))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let agent = start_agent(port, &token, &format!("n{i}"), 4, &tmp.path().join(format!("agent{i}")));
         procs.0.push(agent);
     }
 
@@ -196,27 +190,7 @@ fn task_output_written_while_the_controller_is_down_is_not_lost() {
     let mut procs = Killer(vec![start_controller(&state, port)]);
     let cred = wait_for_cred(&state);
     let token = stdout(&cli(&cred, &["token", "create"])).trim().to_string();
-    procs.0.push(
-        Command::new(bin())
-            .args([
-                "__agent",
-                "--run-as-self",
-                "--controller",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                &token,
-                "--cpus",
-                "2",
-                "--name",
-                "n1",
-                "--state-dir",
-            ])
-            .arg(tmp.path().join("agent"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    procs.0.push(start_agent(port, &token, "n1", 2, &tmp.path().join("agent")));
     let out = cli(
         &cred,
         &[

@@ -235,15 +235,7 @@ async fn session(
             tokio::select! {
                 m = out_rx.recv() => {
                     let Some(m) = m else { return Ok::<(), anyhow::Error>(()) };
-                    // Coalesce whatever is queued into one write.
-                    buf.clear();
-                    buf.extend_from_slice(&launcher_proto::encode_frame(&m));
-                    while buf.len() < 256 * 1024 {
-                        match out_rx.try_recv() {
-                            Ok(m) => buf.extend_from_slice(&launcher_proto::encode_frame(&m)),
-                            Err(_) => break,
-                        }
-                    }
+                    wire::batch_frames(&mut buf, &m, out_rx);
                     send.write_all(&buf).await?;
                 }
                 _ = tick.tick() => {

@@ -311,6 +311,19 @@ fn describe_conn_error(addr: SocketAddr, e: quinn::ConnectionError) -> anyhow::E
     }
 }
 
+/// Encode `first` and whatever else is already queued (up to ~256 KiB) into
+/// `buf`, so a burst of messages becomes one stream write.
+pub fn batch_frames<T: Serialize>(buf: &mut Vec<u8>, first: &T, rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) {
+    buf.clear();
+    buf.extend_from_slice(&launcher_proto::encode_frame(first));
+    while buf.len() < 256 * 1024 {
+        match rx.try_recv() {
+            Ok(m) => buf.extend_from_slice(&launcher_proto::encode_frame(&m)),
+            Err(_) => break,
+        }
+    }
+}
+
 /// A bidirectional stream carrying length-delimited postcard frames.
 pub struct FramedStream {
     /// Sending half.

@@ -258,14 +258,7 @@ async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: 
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(m) = rx.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&launcher_proto::encode_frame(&m));
-            while buf.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(m) => buf.extend_from_slice(&launcher_proto::encode_frame(&m)),
-                    Err(_) => break,
-                }
-            }
+            nodeagent::wire::batch_frames(&mut buf, &m, &mut rx);
             if send.write_all(&buf).await.is_err() {
                 break;
             }
