@@ -92,7 +92,7 @@ async fn ensure_creds(args: &AgentArgs, name: &str) -> Result<AgentCreds> {
     let reply: JoinReply = s.recv().await?.ok_or_else(|| anyhow!("controller closed the join stream"))?;
     match reply {
         JoinReply::Accepted { cert_pem, ca_pem } => {
-            write_private(&key_p, &key.serialize_pem())?;
+            wire::write_private(&key_p, key.serialize_pem().as_bytes())?;
             std::fs::write(&cert_p, &cert_pem)?;
             std::fs::write(&ca_p, &ca_pem)?;
             tracing::info!(name, "joined the cluster");
@@ -100,14 +100,6 @@ async fn ensure_creds(args: &AgentArgs, name: &str) -> Result<AgentCreds> {
         }
         JoinReply::Rejected(why) => bail!("join refused: {why}"),
     }
-}
-
-fn write_private(p: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// The address this host uses to reach the controller.

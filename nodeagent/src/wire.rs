@@ -81,6 +81,30 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| anyhow!("bad private key PEM: {e}"))
 }
 
+/// A 32-byte value (a SHA-256 fingerprint) from 64 hex digits.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    unhex(s)?.try_into().ok()
+}
+
+/// Write a secret (key, credential) with mode 0600, atomically: a reader
+/// never sees half a file, and a crash leaves the old one or the new one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// A CLI credential: where the controller is, and how to prove who we are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Credential {
@@ -118,20 +142,7 @@ impl Credential {
 
     /// Write with mode 0600, atomically (a reader never sees half a file).
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        write_private(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 }
 
@@ -174,9 +185,7 @@ impl std::str::FromStr for JoinToken {
         if parts.len() != 3 || parts[0] != "lt1" || parts[2].is_empty() {
             return Err(bad());
         }
-        let fp = unhex(parts[1]).filter(|v| v.len() == 32).ok_or_else(bad)?;
-        let mut ca_fingerprint = [0u8; 32];
-        ca_fingerprint.copy_from_slice(&fp);
+        let ca_fingerprint = unhex32(parts[1]).ok_or_else(bad)?;
         Ok(JoinToken { ca_fingerprint, raw: s.trim().to_string() })
     }
 }

@@ -54,7 +54,8 @@ pub enum Input {
     /// Create a user credential.
     AddUser { name: String, role: String, reply: oneshot::Sender<Result<String, String>> },
     /// An agent joins with a token.
-    Join { token: String, name: String, public_key: Vec<u8>, reply: oneshot::Sender<Result<String, String>> },
+    /// Ok: (agent certificate, CA certificate), both PEM.
+    Join { token: String, name: String, public_key: Vec<u8>, reply: oneshot::Sender<Result<(String, String), String>> },
     /// Stop the driver.
     Shutdown,
 }
@@ -263,7 +264,7 @@ impl Driver {
         serde_json::to_string_pretty(&cred).map_err(|e| e.to_string())
     }
 
-    fn join(&mut self, t: Time, token: &str, name: &str, public_key: &[u8]) -> Result<String, String> {
+    fn join(&mut self, t: Time, token: &str, name: &str, public_key: &[u8]) -> Result<(String, String), String> {
         if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(format!("node name {name:?} must be 1-63 letters, digits, '-', '_' or '.'"));
         }
@@ -282,7 +283,7 @@ impl Driver {
         let id = CertIdentity { kind: "agent".into(), name: name.into(), role: "agent".into() };
         self.store.add_cert(&issued.fingerprint, &id).map_err(|e| e.to_string())?;
         self.ids.write().expect("ids lock").insert(issued.fingerprint, id);
-        Ok(issued.cert_pem)
+        Ok((issued.cert_pem, self.pki.ca_pem().to_string()))
     }
 }
 

@@ -175,8 +175,7 @@ async fn join(mut s: FramedStream, ctx: &Ctx) -> Result<()> {
         .ask(|reply| Input::Join { token: msg.token, name: msg.name.clone(), public_key: msg.public_key, reply })
         .await?;
     let reply = match r {
-        Ok(cert_pem) => {
-            let ca_pem = std::fs::read_to_string(ctx.logs_dir.parent().expect("logs dir has a parent").join("ca.pem"))?;
+        Ok((cert_pem, ca_pem)) => {
             tracing::info!(name = msg.name, "agent joined");
             JoinReply::Accepted { cert_pem, ca_pem }
         }

@@ -77,7 +77,7 @@ impl Pki {
         if created {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             let cert = ca_params(cluster).self_signed(&key)?;
-            write_private(&key_p, &key.serialize_pem())?;
+            wire::write_private(&key_p, key.serialize_pem().as_bytes())?;
             std::fs::write(&pem_p, cert.pem())?;
             std::fs::write(dir.join("cluster"), cluster)?;
         }
@@ -115,7 +115,7 @@ impl Pki {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let params = leaf_params("launcher controller", vec![launcher_proto::SERVER_NAME.to_string()], true)?;
         let cert = params.signed_by(&key, &self.issuer())?;
-        write_private(&self.dir.join("server.key"), &key.serialize_pem())?;
+        wire::write_private(&self.dir.join("server.key"), key.serialize_pem().as_bytes())?;
         std::fs::write(self.dir.join("server.pem"), format!("{}{}", cert.pem(), self.ca_pem))?;
         Ok(())
     }
@@ -183,20 +183,6 @@ impl Pki {
 /// How a token is stored: SHA-256 of the whole token, hex.
 pub fn token_hash(token: &str) -> String {
     hex(&fingerprint(token.trim().as_bytes()))
-}
-
-fn write_private(p: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)
-        .with_context(|| format!("cannot write {}", p.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -145,15 +145,7 @@ impl Store {
             self.conn.prepare("SELECT fingerprint FROM certs WHERE kind = 'agent' AND name = ?1 AND revoked = 0")?;
         let fps: Vec<String> = st.query_map([name], |r| r.get(0))?.collect::<Result<_, _>>()?;
         self.conn.execute("UPDATE certs SET revoked = 1 WHERE kind = 'agent' AND name = ?1", [name])?;
-        Ok(fps
-            .iter()
-            .filter_map(|f| nodeagent::wire::unhex(f).filter(|b| b.len() == 32))
-            .map(|b| {
-                let mut k = [0u8; 32];
-                k.copy_from_slice(&b);
-                k
-            })
-            .collect())
+        Ok(fps.iter().filter_map(|f| nodeagent::wire::unhex32(f)).collect())
     }
 
     /// All valid certificates.
@@ -165,9 +157,7 @@ impl Store {
         let mut out = HashMap::new();
         for row in rows {
             let (fp, id) = row?;
-            if let Some(bytes) = nodeagent::wire::unhex(&fp).filter(|b| b.len() == 32) {
-                let mut k = [0u8; 32];
-                k.copy_from_slice(&bytes);
+            if let Some(k) = nodeagent::wire::unhex32(&fp) {
                 out.insert(k, id);
             }
         }
