@@ -1,12 +1,17 @@
-//! The `Core` state machine: handlers, scheduling pass, queries, invariants.
+//! The `Core` state machine: state, event handlers, job lifecycle, queries,
+//! invariants. The scheduling pass is in `sched.rs`, dependencies in
+//! `deps.rs`, compute environments/queues/policies in `defs.rs`.
 
-use crate::job::{Alloc, FailReason, Job, NodeRecord};
+use crate::job::{Alloc, ArrayState, ChildState, FailReason, Job, NodeRecord};
+use crate::retry::should_retry;
+use crate::sched::{Reservation, ShareUsage};
 use crate::validate::validate_spec;
 use crate::Time;
 use launcher_proto::{
-    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobInfo, JobState, KillMsg, KillReason, LaunchMsg, NodeId,
-    NodeInfo, NodeState, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
+    ArrayInfo, CancelOutcome, CeDef, ExitStatus, FromAgent, Inventory, JobDef, JobId, JobInfo, JobState, KillMsg,
+    KillReason, LaunchMsg, NodeId, NodeInfo, NodeState, PolicyDef, QueueDef, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
 };
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// PMI key-value puts, in put order.
@@ -21,18 +26,16 @@ pub struct Config {
     pub node_timeout_ms: u64,
     /// Heartbeat period agents are told to use.
     pub heartbeat_ms: u64,
-    /// Queues that exist (the full queue model is the scheduler issue's).
-    pub queues: Vec<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { kill_grace_ms: 30_000, node_timeout_ms: 60_000, heartbeat_ms: 5_000, queues: vec!["default".into()] }
+        Config { kill_grace_ms: 30_000, node_timeout_ms: 60_000, heartbeat_ms: 5_000 }
     }
 }
 
 /// What a handler persists. The driver commits these before sending messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// Upsert a job's full record.
     Job(Box<Job>),
@@ -47,6 +50,34 @@ pub enum Record {
         /// What happened.
         text: String,
     },
+    /// Upsert a compute environment.
+    Ce(CeDef),
+    /// Upsert a job queue.
+    Queue(QueueDef),
+    /// Upsert a fair-share policy.
+    Policy(PolicyDef),
+    /// Upsert a job definition revision.
+    Jobdef(Box<JobDef>),
+    /// Delete a compute environment, queue or policy (`kind` is `ce`, `queue` or `policy`).
+    Deleted {
+        /// What kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Definitions loaded from the store at restart.
+#[derive(Clone, Debug, Default)]
+pub struct Defs {
+    /// Compute environments.
+    pub ces: Vec<CeDef>,
+    /// Queues.
+    pub queues: Vec<QueueDef>,
+    /// Fair-share policies.
+    pub policies: Vec<PolicyDef>,
+    /// Job definitions.
+    pub jobdefs: Vec<JobDef>,
 }
 
 /// The only way out of the core.
@@ -72,131 +103,281 @@ pub enum SubmitOutcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Conn {
+pub(crate) enum Conn {
     Connected { generation: u64 },
     Unreachable { since: Time },
     Down,
 }
 
 #[derive(Clone, Debug)]
-struct Node {
-    rec: NodeRecord,
-    conn: Conn,
-    alloc_cpus: u32,
-    alloc_mem: u64,
-    jobs: BTreeSet<JobId>,
+pub(crate) struct Node {
+    pub(crate) rec: NodeRecord,
+    pub(crate) conn: Conn,
+    pub(crate) alloc_cpus: u32,
+    pub(crate) alloc_mem: u64,
+    pub(crate) jobs: BTreeSet<JobId>,
+    /// Compute environments holding this node.
+    pub(crate) ces: Vec<String>,
 }
 
 impl Node {
-    fn free_cpus(&self) -> u32 {
+    pub(crate) fn free_cpus(&self) -> u32 {
         self.rec.inventory.cpus.saturating_sub(self.alloc_cpus)
     }
-    fn free_mem(&self) -> u64 {
+    pub(crate) fn free_mem(&self) -> u64 {
         self.rec.inventory.mem_mib.saturating_sub(self.alloc_mem)
     }
-    fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         matches!(self.conn, Conn::Connected { .. })
     }
+}
+
+/// A job queue's live state: waiting entries by share.
+#[derive(Clone, Debug)]
+pub(crate) struct QueueState {
+    pub(crate) def: QueueDef,
+    /// Waiting entries (plain jobs and array parents with runnable children)
+    /// by share, then (higher scheduling priority first, submit order).
+    /// FIFO queues keep everything under the share "".
+    pub(crate) waiting: BTreeMap<String, BTreeSet<(Reverse<u32>, JobId)>>,
+    /// Fair-share accounting by share.
+    pub(crate) usage: BTreeMap<String, ShareUsage>,
+    /// CPUs held by this queue's running jobs.
+    pub(crate) running_cpus: u64,
+}
+
+/// Live (not persisted) bookkeeping of an array parent.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ArrLive {
+    /// Runnable positions.
+    pub(crate) runnable: BTreeSet<u32>,
+    /// Active children.
+    pub(crate) active: u32,
 }
 
 /// The controller's whole state.
 #[derive(Debug)]
 pub struct Core {
-    cfg: Config,
-    jobs: BTreeMap<JobId, Job>,
-    nodes: BTreeMap<NodeId, Node>,
-    node_by_name: BTreeMap<String, NodeId>,
-    keys: BTreeMap<u128, JobId>,
-    /// RUNNABLE jobs that could run somewhere, FIFO by id.
-    runnable: BTreeSet<JobId>,
-    /// RUNNABLE jobs no current node could ever hold, with why.
-    ineligible: BTreeMap<JobId, String>,
+    pub(crate) cfg: Config,
+    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) nodes: BTreeMap<NodeId, Node>,
+    pub(crate) node_by_name: BTreeMap<String, NodeId>,
+    pub(crate) keys: BTreeMap<u128, JobId>,
+    pub(crate) ces: BTreeMap<String, CeDef>,
+    /// Members of each compute environment (any connection state).
+    pub(crate) ce_members: BTreeMap<String, BTreeSet<NodeId>>,
+    /// Connected members of each compute environment by (free CPUs, id).
+    pub(crate) ce_free: BTreeMap<String, BTreeSet<(u32, NodeId)>>,
+    pub(crate) queues: BTreeMap<String, QueueState>,
+    pub(crate) policies: BTreeMap<String, PolicyDef>,
+    pub(crate) jobdefs: BTreeMap<(String, u32), JobDef>,
+    pub(crate) arrays: BTreeMap<JobId, ArrLive>,
+    /// Waiting entries no node of their queue could ever hold, with why.
+    pub(crate) ineligible: BTreeMap<JobId, String>,
+    /// Plain jobs and array parents waiting on job-level dependencies.
+    pub(crate) dep_wait: BTreeSet<JobId>,
+    /// Dependency target → dependents to re-evaluate when it ends.
+    pub(crate) waiters: BTreeMap<JobId, BTreeSet<JobId>>,
+    /// Array → arrays with `aftercorr` on it (re-evaluated child by child).
+    pub(crate) corr_waiters: BTreeMap<JobId, BTreeSet<JobId>>,
     /// (deadline µs, job) of running attempts with a time limit.
-    deadlines: BTreeSet<(u64, JobId)>,
+    pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     /// (since, node) of unreachable nodes.
-    unreachable: BTreeSet<(Time, NodeId)>,
+    pub(crate) unreachable: BTreeSet<(Time, NodeId)>,
     /// PMI fences in progress: (job, attempt, seq) → puts by node rank. Not
     /// persisted: agents resend an unanswered fence after reconnecting.
-    fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
-    next_job: u64,
-    next_node: u32,
-    next_generation: u64,
+    pub(crate) fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
+    /// The backfill reservation from the last full pass.
+    pub(crate) reservation: Option<Reservation>,
+    /// Jobs that would fit now but would delay the reservation (last pass).
+    pub(crate) backfill_blocked: BTreeSet<JobId>,
+    /// Something changed that can let any waiting job start: the next pass
+    /// looks at the whole queue. Otherwise it looks only at `fresh` entries.
+    pub(crate) dirty: bool,
+    /// Entries that became waiting since the last pass.
+    pub(crate) fresh: BTreeSet<JobId>,
+    /// Connected CPUs free, cluster-wide.
+    pub(crate) free_cpus_total: u64,
+    /// Jobs and children that ended, whose dependents are still to be told.
+    pub(crate) ended: std::collections::VecDeque<JobId>,
+    /// After a restore: re-decide every PENDING job at the next pass.
+    pub(crate) settle: bool,
+    pub(crate) next_job: u64,
+    pub(crate) next_node: u32,
+    pub(crate) next_generation: u64,
 }
 
 /// Tasks per node for `tasks` spread block-wise over `nodes`.
-fn tasks_per_node(tasks: u32, nodes: u32) -> Vec<u32> {
+pub(crate) fn tasks_per_node(tasks: u32, nodes: u32) -> Vec<u32> {
     let base = tasks / nodes;
     let extra = tasks % nodes;
     (0..nodes).map(|i| base + u32::from(i < extra)).collect()
 }
 
 impl Core {
-    /// An empty cluster.
+    /// An empty cluster with the `default` compute environment and queue.
     pub fn new(cfg: Config) -> Self {
-        Core {
+        let mut core = Core {
             cfg,
             jobs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             node_by_name: BTreeMap::new(),
             keys: BTreeMap::new(),
-            runnable: BTreeSet::new(),
+            ces: BTreeMap::new(),
+            ce_members: BTreeMap::new(),
+            ce_free: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            jobdefs: BTreeMap::new(),
+            arrays: BTreeMap::new(),
             ineligible: BTreeMap::new(),
+            dep_wait: BTreeSet::new(),
+            waiters: BTreeMap::new(),
+            corr_waiters: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             unreachable: BTreeSet::new(),
             fences: BTreeMap::new(),
+            reservation: None,
+            backfill_blocked: BTreeSet::new(),
+            dirty: true,
+            fresh: BTreeSet::new(),
+            free_cpus_total: 0,
+            ended: Default::default(),
+            settle: false,
             next_job: 1,
             next_node: 1,
             next_generation: 1,
-        }
+        };
+        core.install_ce(crate::defs::default_ce());
+        core.install_queue(crate::defs::default_queue());
+        core
     }
 
     /// Rebuild from persisted records after a restart. Every node starts
     /// unreachable at `now`: agents that come back within the node timeout
     /// re-report their tasks and keep them; the others' jobs fail.
-    pub fn restore(cfg: Config, now: Time, nodes: Vec<NodeRecord>, jobs: Vec<Job>) -> Self {
+    /// With no compute environment and no queue on record, the defaults stay.
+    pub fn restore(cfg: Config, now: Time, nodes: Vec<NodeRecord>, jobs: Vec<Job>, defs: Defs) -> Self {
         let mut core = Core::new(cfg);
+        if !defs.ces.is_empty() || !defs.queues.is_empty() {
+            core.ces.clear();
+            core.ce_members.clear();
+            core.ce_free.clear();
+            core.queues.clear();
+        }
+        for p in defs.policies {
+            core.policies.insert(p.name.clone(), p);
+        }
+        for c in defs.ces {
+            core.install_ce(c);
+        }
+        for q in defs.queues {
+            core.install_queue(q);
+        }
+        for d in defs.jobdefs {
+            core.jobdefs.insert((d.name.clone(), d.revision), d);
+        }
         for rec in nodes {
             core.next_node = core.next_node.max(rec.id.0 + 1);
             core.node_by_name.insert(rec.name.clone(), rec.id);
             core.unreachable.insert((now, rec.id));
+            let id = rec.id;
             core.nodes.insert(
-                rec.id,
+                id,
                 Node {
                     rec,
                     conn: Conn::Unreachable { since: now },
                     alloc_cpus: 0,
                     alloc_mem: 0,
                     jobs: BTreeSet::new(),
+                    ces: Vec::new(),
                 },
             );
+            core.refresh_membership(id);
         }
-        for job in jobs {
+        // Parents and plain jobs first, then active children.
+        let (parents, children): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.id.index().is_none());
+        for job in parents {
             core.next_job = core.next_job.max(job.id.0 + 1);
             if let Some(k) = job.key {
                 core.keys.insert(k, job.id);
             }
-            match job.state {
-                JobState::Submitted | JobState::Pending | JobState::Runnable => {
-                    core.runnable.insert(job.id);
-                }
-                JobState::Starting | JobState::Running => {
-                    for a in &job.alloc {
-                        if let Some(n) = core.nodes.get_mut(&a.node) {
-                            n.alloc_cpus += a.cpus;
-                            n.alloc_mem += a.mem_mib;
-                            n.jobs.insert(job.id);
-                        }
-                    }
-                    if let Some(d) = job.deadline() {
-                        core.deadlines.insert((d, job.id));
-                    }
-                }
-                JobState::Succeeded | JobState::Failed | JobState::Cancelled => {}
-            }
             core.jobs.insert(job.id, job);
         }
+        for job in children {
+            let active = matches!(job.state, JobState::Starting | JobState::Running);
+            let parent_active = core.child_state(job.id) == Some(ChildState::Active);
+            if active && parent_active {
+                core.jobs.insert(job.id, job);
+            }
+        }
+        let ids: Vec<JobId> = core.jobs.keys().copied().collect();
+        for id in ids {
+            core.restore_job(id);
+        }
         core.refresh_eligibility();
+        core.dirty = true;
+        core.settle = true;
         core
+    }
+
+    fn restore_job(&mut self, id: JobId) {
+        let state = self.jobs[&id].state;
+        let deps = self.jobs[&id].spec.depends.clone();
+        if id.index().is_none() {
+            for d in &deps {
+                self.add_waiter(id, d);
+            }
+        }
+        let job = &self.jobs[&id];
+        if let Some(arr) = &job.array {
+            let mut live = ArrLive::default();
+            for (pos, s) in arr.states.iter().enumerate() {
+                match s {
+                    ChildState::Runnable => {
+                        live.runnable.insert(pos as u32);
+                    }
+                    ChildState::Active => live.active += 1,
+                    _ => {}
+                }
+            }
+            let has_runnable = !live.runnable.is_empty();
+            self.arrays.insert(id, live);
+            if state == JobState::Pending && !self.deps_satisfied_now(id) {
+                self.dep_wait.insert(id);
+            } else if has_runnable {
+                self.enqueue(id);
+            }
+            return;
+        }
+        match state {
+            JobState::Submitted | JobState::Pending => {
+                self.dep_wait.insert(id);
+            }
+            JobState::Runnable => self.enqueue(id),
+            JobState::Starting | JobState::Running => {
+                let job = &self.jobs[&id];
+                let allocs: Vec<Alloc> = job.alloc.clone();
+                let cpus: u64 = allocs.iter().map(|a| u64::from(a.cpus)).sum();
+                let queue = job.spec.queue.clone();
+                let share = self.share_of(id);
+                let deadline = job.deadline();
+                for a in &allocs {
+                    self.node_alloc(a.node, a.cpus as i64, a.mem_mib as i64);
+                    if let Some(n) = self.nodes.get_mut(&a.node) {
+                        n.jobs.insert(id);
+                    }
+                }
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.running_cpus += cpus;
+                    q.usage.entry(share).or_default().running_cpus += cpus;
+                }
+                if let Some(d) = deadline {
+                    self.deadlines.insert((d, id));
+                }
+            }
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => {}
+        }
     }
 
     /// The configuration.
@@ -211,7 +392,7 @@ impl Core {
         &mut self,
         now: Time,
         fx: &mut impl Effects,
-        spec: launcher_proto::JobSpec,
+        mut spec: launcher_proto::JobSpec,
         key: Option<u128>,
     ) -> SubmitOutcome {
         if let Some(k) = key {
@@ -222,20 +403,35 @@ impl Core {
         if let Err(e) = validate_spec(&spec) {
             return SubmitOutcome::Rejected(e);
         }
-        if !self.cfg.queues.contains(&spec.queue) {
+        let Some(q) = self.queues.get(&spec.queue) else {
             return SubmitOutcome::Rejected(format!(
-                "unknown queue '{}'; queues: {}",
+                "unknown queue '{}'; queues: {} (see `launcher queue-admin list`)",
                 spec.queue,
-                self.cfg.queues.join(", ")
+                self.queues.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
+        };
+        if q.def.policy.is_some() && spec.share.is_none() {
+            // Fair-share queues need a share; the submitter's name is the natural one.
+            spec.share = Some(spec.user.clone());
+        }
+        if let Err(e) = self.check_deps(&spec) {
+            return SubmitOutcome::Rejected(e);
         }
         let id = JobId(self.next_job);
+        if id.0 >= 1 << JobId::CHILD_SHIFT {
+            return SubmitOutcome::Rejected("the controller ran out of job ids".into());
+        }
         self.next_job += 1;
+        let array = spec.array.as_ref().map(|a| ArrayState {
+            states: vec![ChildState::Pending; a.len() as usize],
+            attempts: BTreeMap::new(),
+            ends: BTreeMap::new(),
+        });
         let job = Job {
             id,
             spec,
             key,
-            state: JobState::Runnable,
+            state: JobState::Pending,
             attempt: 0,
             alloc: Vec::new(),
             exits: BTreeMap::new(),
@@ -245,21 +441,29 @@ impl Core {
             start_time: None,
             end_time: None,
             exit_code: None,
+            array,
         };
         if let Some(k) = key {
             self.keys.insert(k, id);
         }
-        match self.never_fits(&job) {
-            Some(why) => {
-                self.ineligible.insert(id, why);
-            }
-            None => {
-                self.runnable.insert(id);
-            }
-        }
-        fx.persist(Record::Job(Box::new(job.clone())));
+        let deps = job.spec.depends.clone();
+        let is_array = job.array.is_some();
         self.jobs.insert(id, job);
+        if is_array {
+            self.arrays.insert(id, ArrLive::default());
+        }
+        for d in &deps {
+            self.add_waiter(id, d);
+        }
+        self.dep_wait.insert(id);
+        // Decides PENDING / RUNNABLE / FAILED and persists the record.
+        self.reevaluate(now, fx, id);
+        if self.jobs[&id].state == JobState::Pending && self.dep_wait.contains(&id) {
+            let job = &self.jobs[&id];
+            fx.persist(Record::Job(Box::new(job.clone())));
+        }
         fx.job_changed(id);
+        self.drain(now, fx);
         SubmitOutcome::Accepted(id)
     }
 
@@ -282,26 +486,33 @@ impl Core {
                         alloc_cpus: 0,
                         alloc_mem: 0,
                         jobs: BTreeSet::new(),
+                        ces: Vec::new(),
                     },
                 );
                 id
             }
         };
+        // Out of the free index while its inventory and connection change.
+        self.unindex_node(id);
         let node = self.nodes.get_mut(&id).expect("node just ensured");
         if let Conn::Unreachable { since } = node.conn {
             self.unreachable.remove(&(since, id));
         }
         node.conn = Conn::Connected { generation };
-        if node.rec.inventory != reg.inventory {
+        let changed = node.rec.inventory != reg.inventory;
+        if changed {
             node.rec.inventory = reg.inventory.clone();
             fx.persist(Record::Node(node.rec.clone()));
         }
+        self.refresh_membership(id);
+        self.index_node(id);
+        self.dirty = true;
         fx.send(id, ToAgent::Registered { node: id, heartbeat_ms: self.cfg.heartbeat_ms });
 
         // Reconcile what the agent holds with what we believe.
         let reported: BTreeMap<(JobId, u32), &launcher_proto::JobReport> =
             reg.jobs.iter().map(|r| ((r.job, r.attempt), r)).collect();
-        let ours: Vec<JobId> = node.jobs.iter().copied().collect();
+        let ours: Vec<JobId> = self.nodes[&id].jobs.iter().copied().collect();
         for jid in ours {
             let Some(job) = self.jobs.get(&jid) else { continue };
             let attempt = job.attempt;
@@ -366,15 +577,19 @@ impl Core {
             }
         }
         self.refresh_eligibility();
+        self.drain(now, fx);
         (id, generation)
     }
 
     /// The connection of `node` with `generation` ended.
     pub fn on_disconnect(&mut self, now: Time, node: NodeId, generation: u64) {
-        let Some(n) = self.nodes.get_mut(&node) else { return };
+        let Some(n) = self.nodes.get(&node) else { return };
         if n.conn == (Conn::Connected { generation }) {
+            self.unindex_node(node);
+            let n = self.nodes.get_mut(&node).expect("checked");
             n.conn = Conn::Unreachable { since: now };
             self.unreachable.insert((now, node));
+            self.dirty = true;
         }
     }
 
@@ -404,6 +619,7 @@ impl Core {
             }
             FromAgent::Output { .. } | FromAgent::Heartbeat { .. } => {}
         }
+        self.drain(now, fx);
     }
 
     /// One node reached PMI fence `seq`; when all have, answer every node with
@@ -434,34 +650,105 @@ impl Core {
         }
     }
 
-    /// Cancel jobs.
+    /// Cancel jobs: waiting ones become CANCELLED, running ones are
+    /// terminated (FAILED/Cancelled, never retried). Cancelling an array
+    /// cancels every child.
     pub fn on_cancel(&mut self, now: Time, fx: &mut impl Effects, ids: &[JobId]) -> Vec<(JobId, CancelOutcome)> {
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            let Some(job) = self.jobs.get_mut(&id) else {
-                out.push((id, CancelOutcome::NotFound));
-                continue;
-            };
-            let outcome = match job.state {
-                JobState::Submitted | JobState::Pending | JobState::Runnable => {
-                    job.state = JobState::Cancelled;
-                    job.end_time = Some(now.0);
-                    self.runnable.remove(&id);
-                    self.ineligible.remove(&id);
-                    fx.persist(Record::Job(Box::new(job.clone())));
-                    fx.persist(Record::Event { job: id, time: now, text: "cancelled before it started".into() });
-                    fx.job_changed(id);
-                    CancelOutcome::Cancelled
-                }
-                JobState::Starting | JobState::Running => {
-                    self.terminate(now, fx, id, FailReason::Cancelled);
-                    CancelOutcome::Terminating
-                }
-                s => CancelOutcome::AlreadyDone(s),
+            let outcome = if id.index().is_some() {
+                self.cancel_child(now, fx, id)
+            } else if self.jobs.get(&id).is_some_and(|j| j.array.is_some()) {
+                self.cancel_array(now, fx, id)
+            } else {
+                self.cancel_plain(now, fx, id)
             };
             out.push((id, outcome));
         }
+        self.drain(now, fx);
         out
+    }
+
+    fn cancel_plain(&mut self, now: Time, fx: &mut impl Effects, id: JobId) -> CancelOutcome {
+        let Some(job) = self.jobs.get(&id) else { return CancelOutcome::NotFound };
+        match job.state {
+            JobState::Submitted | JobState::Pending | JobState::Runnable => {
+                self.unqueue(id);
+                self.dep_wait.remove(&id);
+                let job = self.jobs.get_mut(&id).expect("exists");
+                job.state = JobState::Cancelled;
+                job.end_time = Some(now.0);
+                fx.persist(Record::Job(Box::new(job.clone())));
+                fx.persist(Record::Event { job: id, time: now, text: "cancelled before it started".into() });
+                fx.job_changed(id);
+                self.dirty = true;
+                self.job_ended(now, fx, id);
+                CancelOutcome::Cancelled
+            }
+            JobState::Starting | JobState::Running => {
+                self.terminate(now, fx, id, FailReason::Cancelled);
+                CancelOutcome::Terminating
+            }
+            s => CancelOutcome::AlreadyDone(s),
+        }
+    }
+
+    fn cancel_array(&mut self, now: Time, fx: &mut impl Effects, id: JobId) -> CancelOutcome {
+        let job = &self.jobs[&id];
+        if job.state.is_terminal() {
+            return CancelOutcome::AlreadyDone(job.state);
+        }
+        let arr = job.array.as_ref().expect("array");
+        let spec = job.spec.array.clone().expect("array spec");
+        let waiting: Vec<u32> = (0..arr.states.len() as u32)
+            .filter(|&p| matches!(arr.states[p as usize], ChildState::Pending | ChildState::Runnable))
+            .collect();
+        let active: Vec<JobId> = (0..arr.states.len() as u32)
+            .filter(|&p| arr.states[p as usize] == ChildState::Active)
+            .map(|p| id.child(spec.index_at(p)))
+            .collect();
+        for p in waiting {
+            self.set_child_state(id, p, ChildState::Cancelled);
+        }
+        self.dep_wait.remove(&id);
+        self.unqueue(id);
+        if let Some(l) = self.arrays.get_mut(&id) {
+            l.runnable.clear();
+        }
+        fx.persist(Record::Event { job: id, time: now, text: "array cancelled".into() });
+        let outcome = if active.is_empty() { CancelOutcome::Cancelled } else { CancelOutcome::Terminating };
+        for c in active {
+            self.terminate(now, fx, c, FailReason::Cancelled);
+        }
+        self.array_progress(now, fx, id);
+        self.dirty = true;
+        outcome
+    }
+
+    fn cancel_child(&mut self, now: Time, fx: &mut impl Effects, id: JobId) -> CancelOutcome {
+        let parent = id.parent();
+        let Some(state) = self.child_state(id) else { return CancelOutcome::NotFound };
+        match state {
+            ChildState::Pending | ChildState::Runnable => {
+                let pos = self.child_pos(id).expect("known child");
+                self.set_child_state(parent, pos, ChildState::Cancelled);
+                if let Some(l) = self.arrays.get_mut(&parent) {
+                    l.runnable.remove(&pos);
+                    if l.runnable.is_empty() {
+                        self.unqueue(parent);
+                    }
+                }
+                fx.persist(Record::Event { job: id, time: now, text: "cancelled before it started".into() });
+                self.child_ended(now, fx, id);
+                self.array_progress(now, fx, parent);
+                CancelOutcome::Cancelled
+            }
+            ChildState::Active => {
+                self.terminate(now, fx, id, FailReason::Cancelled);
+                CancelOutcome::Terminating
+            }
+            s => CancelOutcome::AlreadyDone(s.job_state()),
+        }
     }
 
     /// Time passed: enforce time limits and node timeouts.
@@ -485,7 +772,9 @@ impl Core {
             for jid in jobs {
                 self.node_lost_tasks(now, fx, jid, node);
             }
+            self.dirty = true;
         }
+        self.drain(now, fx);
     }
 
     /// When [`Core::on_timeout`] next has work.
@@ -498,43 +787,26 @@ impl Core {
         }
     }
 
-    /// One scheduling pass: start jobs in FIFO order while they fit. Returns
-    /// how many started.
-    pub fn schedule(&mut self, now: Time, fx: &mut impl Effects) -> usize {
-        let mut started = 0;
-        let mut set_aside = Vec::new();
-        let order: Vec<JobId> = self.runnable.iter().copied().collect();
-        for id in order {
-            let job = &self.jobs[&id];
-            match self.try_allocate(job) {
-                Some(alloc) => {
-                    self.runnable.remove(&id);
-                    self.start(now, fx, id, alloc);
-                    started += 1;
-                }
-                None => match self.never_fits(job) {
-                    Some(why) => set_aside.push((id, why)),
-                    None => break, // FIFO: the head waits, and so does everyone behind it.
-                },
-            }
-        }
-        for (id, why) in set_aside {
-            self.runnable.remove(&id);
-            self.ineligible.insert(id, why);
-        }
-        started
-    }
+    // ------------------------------------------------------------- lifecycle
 
-    // ------------------------------------------------------------- internals
-
-    fn start(&mut self, now: Time, fx: &mut impl Effects, id: JobId, alloc: Vec<Alloc>) {
+    /// Start `id` (a plain job or a child to materialize) on `alloc`.
+    pub(crate) fn start(&mut self, now: Time, fx: &mut impl Effects, id: JobId, alloc: Vec<Alloc>) {
+        if let Some(index) = id.index() {
+            self.materialize_child(now, fx, id.parent(), index);
+        } else {
+            self.unqueue(id);
+        }
+        let cpus: u64 = alloc.iter().map(|a| u64::from(a.cpus)).sum();
         for a in &alloc {
-            let n = self.nodes.get_mut(&a.node).expect("allocated node exists");
-            n.alloc_cpus += a.cpus;
-            n.alloc_mem += a.mem_mib;
-            n.jobs.insert(id);
+            self.node_alloc(a.node, a.cpus as i64, a.mem_mib as i64);
+            self.nodes.get_mut(&a.node).expect("allocated node exists").jobs.insert(id);
         }
+        let share = self.share_of(id);
         let job = self.jobs.get_mut(&id).expect("job exists");
+        if let Some(q) = self.queues.get_mut(&job.spec.queue) {
+            q.running_cpus += cpus;
+            q.usage.entry(share).or_default().running_cpus += cpus;
+        }
         job.state = JobState::Starting;
         job.attempt += 1;
         job.alloc = alloc;
@@ -542,6 +814,8 @@ impl Core {
         job.fail = None;
         job.killing = None;
         job.start_time = Some(now.0);
+        job.end_time = None;
+        job.exit_code = None;
         if let Some(d) = job.deadline() {
             self.deadlines.insert((d, id));
         }
@@ -554,7 +828,44 @@ impl Core {
         }
     }
 
-    fn launch_msg(&self, id: JobId, node: NodeId) -> LaunchMsg {
+    /// Turn runnable child `index` of `parent` into a full job record.
+    fn materialize_child(&mut self, _now: Time, fx: &mut impl Effects, parent: JobId, index: u32) {
+        let p = &self.jobs[&parent];
+        let aspec = p.spec.array.as_ref().expect("array");
+        let pos = aspec.pos_of(index).expect("valid index");
+        let attempts = p.array.as_ref().and_then(|a| a.attempts.get(&pos).copied()).unwrap_or(0);
+        let mut spec = p.spec.clone();
+        spec.array = None;
+        spec.depends.clear();
+        let child = Job {
+            id: parent.child(index),
+            spec,
+            key: None,
+            state: JobState::Runnable,
+            attempt: attempts,
+            alloc: Vec::new(),
+            exits: BTreeMap::new(),
+            fail: None,
+            killing: None,
+            submit_time: p.submit_time,
+            start_time: None,
+            end_time: None,
+            exit_code: None,
+            array: None,
+        };
+        self.jobs.insert(child.id, child);
+        self.set_child_state(parent, pos, ChildState::Active);
+        let live = self.arrays.get_mut(&parent).expect("array live state");
+        live.runnable.remove(&pos);
+        live.active += 1;
+        if live.runnable.is_empty() {
+            self.unqueue(parent);
+        }
+        let p = &self.jobs[&parent];
+        fx.persist(Record::Job(Box::new(p.clone())));
+    }
+
+    pub(crate) fn launch_msg(&self, id: JobId, node: NodeId) -> LaunchMsg {
         let job = &self.jobs[&id];
         let (node_rank, a) = job.alloc.iter().enumerate().find(|(_, a)| a.node == node).expect("node in allocation");
         LaunchMsg {
@@ -597,7 +908,10 @@ impl Core {
         status: ExitStatus,
     ) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        if job.attempt != attempt || job.state.is_terminal() || rank >= job.spec.tasks {
+        if job.attempt != attempt
+            || !matches!(job.state, JobState::Starting | JobState::Running)
+            || rank >= job.spec.tasks
+        {
             return;
         }
         if job.exits.contains_key(&rank) {
@@ -641,9 +955,9 @@ impl Core {
     }
 
     /// Ask every node of a running job to stop its tasks.
-    fn terminate(&mut self, now: Time, fx: &mut impl Effects, id: JobId, reason: FailReason) {
+    pub(crate) fn terminate(&mut self, now: Time, fx: &mut impl Effects, id: JobId, reason: FailReason) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        if job.state.is_terminal() {
+        if !matches!(job.state, JobState::Starting | JobState::Running) {
             return;
         }
         if job.killing.is_none() {
@@ -667,10 +981,11 @@ impl Core {
         }
     }
 
+    /// Every task of the attempt has exited: release the nodes, then retry,
+    /// or end the job.
     fn finish(&mut self, now: Time, fx: &mut impl Effects, id: JobId) {
         let job = self.jobs.get_mut(&id).expect("job exists");
         let ok = job.fail.is_none() && job.exits.values().all(ExitStatus::success);
-        job.state = if ok { JobState::Succeeded } else { JobState::Failed };
         if job.fail.is_none() && !ok {
             let (rank, status) = job.exits.iter().find(|(_, s)| !s.success()).expect("a failure exists");
             job.fail = Some(FailReason::NonZeroExit { rank: *rank, status: status.clone() });
@@ -678,132 +993,320 @@ impl Core {
         // The job's code is its cause's: the first failing rank's code, not the
         // 143s of the ranks we terminated because of it.
         let highest = job.exits.values().map(ExitStatus::code).max().unwrap_or(0);
-        job.exit_code = Some(match &job.fail {
+        let code = match &job.fail {
             None => 0,
             Some(FailReason::NonZeroExit { status, .. }) => status.code(),
             Some(FailReason::LaunchFailed { .. }) | Some(FailReason::NodeFail { .. }) => 255,
             Some(FailReason::Timeout) | Some(FailReason::Cancelled) => highest.max(1),
             Some(FailReason::MpiAbort { code, .. }) => (*code).clamp(1, 255),
-        });
+            Some(FailReason::DependencyNeverSatisfied { .. }) | Some(FailReason::ChildrenFailed { .. }) => 1,
+        };
+        job.exit_code = Some(code);
         job.end_time = Some(now.0);
         if let Some(d) = job.deadline() {
             self.deadlines.remove(&(d, id));
         }
-        let text = match &job.fail {
-            None => "succeeded".to_string(),
-            Some(f) => format!("failed: {}", f.text()),
-        };
         let stale: Vec<_> = self.fences.range((id, 0, 0)..=(id, u32::MAX, u64::MAX)).map(|(k, _)| *k).collect();
         for k in stale {
             self.fences.remove(&k);
         }
-        for a in &job.alloc {
+        // Release the nodes.
+        let job = &self.jobs[&id];
+        let allocs = job.alloc.clone();
+        let attempt = job.attempt;
+        let queue = job.spec.queue.clone();
+        let started = job.start_time.unwrap_or(now.0);
+        let cpus: u64 = allocs.iter().map(|a| u64::from(a.cpus)).sum();
+        for a in &allocs {
+            self.node_alloc(a.node, -(a.cpus as i64), -(a.mem_mib as i64));
             if let Some(n) = self.nodes.get_mut(&a.node) {
-                n.alloc_cpus -= a.cpus;
-                n.alloc_mem -= a.mem_mib;
                 n.jobs.remove(&id);
             }
-            fx.send(a.node, ToAgent::Forget { job: id, attempt: job.attempt });
+            fx.send(a.node, ToAgent::Forget { job: id, attempt });
         }
+        let share = self.share_of(id);
+        let decay = self.queue_decay_s(&queue);
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.running_cpus = q.running_cpus.saturating_sub(cpus);
+            let u = q.usage.entry(share).or_default();
+            u.running_cpus = u.running_cpus.saturating_sub(cpus);
+            u.add_history(now, decay, cpus as f64 * (now.0.saturating_sub(started)) as f64 / 1e6);
+        }
+        self.dirty = true;
+
+        let job = self.jobs.get_mut(&id).expect("job exists");
+        let retry = match &job.fail {
+            None => false,
+            Some(f) => job.attempt < job.spec.retry.attempts && should_retry(&job.spec.retry, code, f),
+        };
+        if retry {
+            let f = job.fail.clone().expect("failed");
+            let text = format!(
+                "attempt {} failed: {}; retrying (attempt {} of {})",
+                job.attempt,
+                f.text(),
+                job.attempt + 1,
+                job.spec.retry.attempts
+            );
+            fx.persist(Record::Event { job: id, time: now, text });
+            job.state = JobState::Runnable;
+            job.alloc.clear();
+            job.killing = None;
+            job.end_time = None;
+            job.exit_code = None;
+            if let Some(index) = id.index() {
+                // Back into the parent's compact state; the record goes.
+                let parent = id.parent();
+                let attempts = job.attempt;
+                fx.persist(Record::Job(Box::new(job.clone())));
+                self.jobs.remove(&id);
+                let pos = self.child_pos_of(parent, index);
+                self.set_child_state(parent, pos, ChildState::Runnable);
+                let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
+                arr.attempts.insert(pos, attempts);
+                let live = self.arrays.get_mut(&parent).expect("array live");
+                live.active -= 1;
+                live.runnable.insert(pos);
+                self.enqueue(parent);
+                fx.persist(Record::Job(Box::new(self.jobs[&parent].clone())));
+                fx.job_changed(id);
+            } else {
+                fx.persist(Record::Job(Box::new(job.clone())));
+                fx.job_changed(id);
+                self.enqueue(id);
+            }
+            return;
+        }
+        job.state = if ok { JobState::Succeeded } else { JobState::Failed };
+        let text = match &job.fail {
+            None => "succeeded".to_string(),
+            Some(f) => format!("failed: {}", f.text()),
+        };
         fx.persist(Record::Event { job: id, time: now, text });
         fx.persist(Record::Job(Box::new(job.clone())));
         fx.job_changed(id);
+        if let Some(index) = id.index() {
+            let parent = id.parent();
+            let fail = job.fail.clone();
+            self.jobs.remove(&id);
+            let pos = self.child_pos_of(parent, index);
+            let state = if ok { ChildState::Succeeded } else { ChildState::Failed };
+            self.set_child_state(parent, pos, state);
+            if let Some(f) = fail {
+                let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
+                arr.ends.insert(pos, crate::job::ChildEnd { exit_code: code, fail: f });
+            }
+            self.arrays.get_mut(&parent).expect("array live").active -= 1;
+            self.child_ended(now, fx, id);
+            self.array_progress(now, fx, parent);
+        } else {
+            self.job_ended(now, fx, id);
+        }
     }
 
-    /// Choose nodes for a job now, or None.
-    fn try_allocate(&self, job: &Job) -> Option<Vec<Alloc>> {
-        let spec = &job.spec;
-        let per_node = tasks_per_node(spec.tasks, spec.nodes);
-        let big = per_node[0];
-        let extra = per_node.iter().filter(|&&t| t == big).count();
-        let small = *per_node.last().expect("nodes >= 1");
-        let need = |t: u32| t.saturating_mul(spec.cpus_per_task);
-        // Best fit: the fullest nodes that still fit go first, ties by id.
-        let mut cands: Vec<&Node> = self
-            .nodes
-            .values()
-            .filter(|n| n.connected() && n.free_cpus() >= need(small) && n.free_mem() >= spec.mem_mib)
-            .collect();
-        if cands.len() < spec.nodes as usize {
-            return None;
+    /// A plain job or an array parent reached a terminal state.
+    pub(crate) fn job_ended(&mut self, now: Time, fx: &mut impl Effects, id: JobId) {
+        self.wake_dependents(now, fx, id);
+    }
+
+    /// Recount an array after a child changed; end the parent when every child has.
+    pub(crate) fn array_progress(&mut self, now: Time, fx: &mut impl Effects, parent: JobId) {
+        let p = self.jobs.get_mut(&parent).expect("array parent");
+        let arr = p.array.as_ref().expect("array");
+        if p.state.is_terminal() {
+            return;
         }
-        cands.sort_by_key(|n| (n.free_cpus(), n.rec.id));
-        let mut tier_big: Vec<&Node> = Vec::with_capacity(extra);
-        let mut rest: Vec<&Node> = Vec::with_capacity(cands.len());
-        for n in cands {
-            if tier_big.len() < extra && n.free_cpus() >= need(big) {
-                tier_big.push(n);
-            } else {
-                rest.push(n);
+        if !arr.states.iter().all(|s| s.is_terminal()) {
+            fx.persist(Record::Job(Box::new(p.clone())));
+            fx.job_changed(parent);
+            return;
+        }
+        let failed = arr.states.iter().filter(|s| **s == ChildState::Failed).count() as u32;
+        let cancelled = arr.states.iter().filter(|s| **s == ChildState::Cancelled).count() as u32;
+        let total = arr.states.len() as u32;
+        if failed == 0 && cancelled == 0 {
+            p.state = JobState::Succeeded;
+            p.exit_code = Some(0);
+        } else if cancelled == total {
+            p.state = JobState::Cancelled;
+        } else {
+            let first_pos = arr
+                .states
+                .iter()
+                .position(|s| matches!(s, ChildState::Failed | ChildState::Cancelled))
+                .expect("some failed") as u32;
+            let aspec = p.spec.array.as_ref().expect("array spec");
+            let first = parent.child(aspec.index_at(first_pos));
+            p.state = JobState::Failed;
+            p.exit_code = Some(arr.ends.get(&first_pos).map(|e| e.exit_code).unwrap_or(1));
+            if p.fail.is_none() {
+                p.fail = Some(FailReason::ChildrenFailed { failed: failed + cancelled, first });
             }
         }
-        let n_small = spec.nodes as usize - extra;
-        if tier_big.len() < extra || rest.len() < n_small {
-            return None;
-        }
-        let mut tier_small: Vec<&Node> = rest.into_iter().take(n_small).collect();
-        tier_big.sort_by(|a, b| natural_cmp(&a.rec.name, &b.rec.name));
-        tier_small.sort_by(|a, b| natural_cmp(&a.rec.name, &b.rec.name));
-        let mut out = Vec::with_capacity(spec.nodes as usize);
-        let mut rank = 0;
-        for (n, t) in tier_big.iter().map(|n| (n, big)).chain(tier_small.iter().map(|n| (n, small))) {
-            out.push(Alloc {
-                node: n.rec.id,
-                name: n.rec.name.clone(),
-                addr: n.rec.inventory.addr.clone(),
-                first_rank: rank,
-                tasks: t,
-                cpus: need(t),
-                mem_mib: spec.mem_mib,
-                started: false,
-            });
-            rank += t;
-        }
-        Some(out)
+        p.end_time = Some(now.0);
+        let text = match &p.fail {
+            None if p.state == JobState::Cancelled => "array cancelled".to_string(),
+            None => format!("all {total} children succeeded"),
+            Some(f) => format!("failed: {}", f.text()),
+        };
+        fx.persist(Record::Event { job: parent, time: now, text });
+        fx.persist(Record::Job(Box::new(p.clone())));
+        fx.job_changed(parent);
+        self.unqueue(parent);
+        self.dep_wait.remove(&parent);
+        self.job_ended(now, fx, parent);
     }
 
-    /// Why no node that is not down could ever hold this job, or None if some could.
-    fn never_fits(&self, job: &Job) -> Option<String> {
-        let spec = &job.spec;
-        let per_node = tasks_per_node(spec.tasks, spec.nodes);
-        let small = *per_node.last().expect("nodes >= 1");
-        let need_cpus = small.saturating_mul(spec.cpus_per_task);
-        let live: Vec<&Node> = self.nodes.values().filter(|n| n.conn != Conn::Down).collect();
-        let fitting = live
-            .iter()
-            .filter(|n| n.rec.inventory.cpus >= need_cpus && n.rec.inventory.mem_mib >= spec.mem_mib)
-            .count();
-        if fitting >= spec.nodes as usize {
-            return None;
-        }
-        let biggest = live.iter().map(|n| n.rec.inventory.cpus).max().unwrap_or(0);
-        Some(format!(
-            "needs {} node(s) with at least {} CPUs{}; the cluster has {} node(s) up, {} of them that large (largest: {} CPUs)",
-            spec.nodes,
-            need_cpus,
-            if spec.mem_mib > 0 { format!(" and {} MiB", spec.mem_mib) } else { String::new() },
-            live.len(),
-            fitting,
-            biggest
-        ))
+    // ------------------------------------------------------------ bookkeeping
+
+    pub(crate) fn child_pos_of(&self, parent: JobId, index: u32) -> u32 {
+        self.jobs[&parent].spec.array.as_ref().and_then(|a| a.pos_of(index)).expect("valid child index")
     }
 
-    /// Re-check set-aside jobs after the node set changed.
-    fn refresh_eligibility(&mut self) {
-        let ids: Vec<JobId> = self.ineligible.keys().copied().collect();
-        for id in ids {
-            if self.never_fits(&self.jobs[&id]).is_none() {
-                self.ineligible.remove(&id);
-                self.runnable.insert(id);
+    /// Position of child `id` in its parent, if both exist.
+    pub(crate) fn child_pos(&self, id: JobId) -> Option<u32> {
+        let index = id.index()?;
+        let p = self.jobs.get(&id.parent())?;
+        let pos = p.spec.array.as_ref()?.pos_of(index)?;
+        Some(pos)
+    }
+
+    /// State of array child `id`, if it exists.
+    pub(crate) fn child_state(&self, id: JobId) -> Option<ChildState> {
+        let pos = self.child_pos(id)?;
+        self.jobs[&id.parent()].array.as_ref()?.states.get(pos as usize).copied()
+    }
+
+    pub(crate) fn set_child_state(&mut self, parent: JobId, pos: u32, s: ChildState) {
+        let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
+        arr.states[pos as usize] = s;
+    }
+
+    /// Put a waiting entry (plain job or array parent) in its queue, or aside
+    /// if no node could ever hold it.
+    pub(crate) fn enqueue(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        if let Some(why) = self.never_fits(job) {
+            self.ineligible.insert(id, why);
+            return;
+        }
+        self.ineligible.remove(&id);
+        let prio = job.spec.scheduling_priority;
+        let share = self.share_of(id);
+        let Some(q) = self.queues.get_mut(&job.spec.queue) else { return };
+        let key = if q.def.policy.is_some() { share } else { String::new() };
+        q.waiting.entry(key).or_default().insert((Reverse(prio), id));
+        self.fresh.insert(id);
+    }
+
+    /// Take an entry out of its queue (and out of the set-aside list).
+    pub(crate) fn unqueue(&mut self, id: JobId) {
+        self.ineligible.remove(&id);
+        self.fresh.remove(&id);
+        self.backfill_blocked.remove(&id);
+        let Some(job) = self.jobs.get(&id) else { return };
+        let prio = job.spec.scheduling_priority;
+        let share = self.share_of(id);
+        let Some(q) = self.queues.get_mut(&job.spec.queue) else { return };
+        let key = if q.def.policy.is_some() { share } else { String::new() };
+        if let Some(set) = q.waiting.get_mut(&key) {
+            set.remove(&(Reverse(prio), id));
+            if set.is_empty() {
+                q.waiting.remove(&key);
             }
         }
+    }
+
+    /// The fair-share identifier of a job (children share their parent's).
+    pub(crate) fn share_of(&self, id: JobId) -> String {
+        let j = self.jobs.get(&id).or_else(|| self.jobs.get(&id.parent()));
+        j.and_then(|j| j.spec.share.clone()).unwrap_or_default()
+    }
+
+    /// Add `dcpus`/`dmem` to a node's allocation, keeping the free indexes right.
+    pub(crate) fn node_alloc(&mut self, node: NodeId, dcpus: i64, dmem: i64) {
+        self.unindex_node(node);
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.alloc_cpus = (i64::from(n.alloc_cpus) + dcpus) as u32;
+            n.alloc_mem = (n.alloc_mem as i64 + dmem) as u64;
+        }
+        self.index_node(node);
+    }
+
+    /// Remove a node from the free indexes (before its free CPUs change).
+    pub(crate) fn unindex_node(&mut self, node: NodeId) {
+        let Some(n) = self.nodes.get(&node) else { return };
+        if !n.connected() {
+            return;
+        }
+        let key = (n.free_cpus(), node);
+        for ce in &n.ces {
+            if let Some(set) = self.ce_free.get_mut(ce) {
+                set.remove(&key);
+            }
+        }
+        self.free_cpus_total -= u64::from(n.free_cpus());
+    }
+
+    /// Put a node back in the free indexes.
+    pub(crate) fn index_node(&mut self, node: NodeId) {
+        let Some(n) = self.nodes.get(&node) else { return };
+        if !n.connected() {
+            return;
+        }
+        let key = (n.free_cpus(), node);
+        for ce in &n.ces {
+            self.ce_free.entry(ce.clone()).or_default().insert(key);
+        }
+        self.free_cpus_total += u64::from(n.free_cpus());
     }
 
     // ---------------------------------------------------------------- queries
 
-    /// One job.
+    /// One job, or one array child.
     pub fn job_info(&self, id: JobId) -> Option<JobInfo> {
-        let job = self.jobs.get(&id)?;
+        if let Some(job) = self.jobs.get(&id) {
+            return Some(self.info_of(job));
+        }
+        // A child that is not running lives only as a byte in its parent.
+        let state = self.child_state(id)?;
+        let parent = &self.jobs[&id.parent()];
+        let pos = self.child_pos(id)?;
+        let arr = parent.array.as_ref()?;
+        let mut spec = parent.spec.clone();
+        spec.array = None;
+        let end = arr.ends.get(&pos);
+        let (reason, reason_text) = match state {
+            ChildState::Pending | ChildState::Runnable => self.child_reason(id, state),
+            ChildState::Failed => match end {
+                Some(e) => (Some(e.fail.code().into()), Some(e.fail.text())),
+                None => (None, None),
+            },
+            ChildState::Cancelled => (Some("Cancelled".into()), Some("cancelled before it started".into())),
+            _ => (None, None),
+        };
+        Some(JobInfo {
+            id,
+            spec,
+            state: state.job_state(),
+            reason,
+            reason_text,
+            attempt: arr.attempts.get(&pos).copied().unwrap_or(0),
+            nodes: Vec::new(),
+            tasks: Vec::new(),
+            exit_code: match state {
+                ChildState::Succeeded => Some(0),
+                ChildState::Failed => Some(end.map(|e| e.exit_code).unwrap_or(1)),
+                _ => None,
+            },
+            submit_time: parent.submit_time,
+            start_time: None,
+            end_time: None,
+            array: None,
+        })
+    }
+
+    fn info_of(&self, job: &Job) -> JobInfo {
         let (reason, reason_text) = self.reason(job);
         let mut tasks = Vec::new();
         for a in &job.alloc {
@@ -811,8 +1314,21 @@ impl Core {
                 tasks.push(TaskInfo { rank: r, node: a.name.clone(), exit: job.exits.get(&r).cloned() });
             }
         }
-        Some(JobInfo {
-            id,
+        let array = job.array.as_ref().map(|arr| {
+            let mut info = ArrayInfo { spec: job.spec.array.clone(), size: arr.states.len() as u32, ..ArrayInfo::default() };
+            for s in &arr.states {
+                match s {
+                    ChildState::Pending => info.pending += 1,
+                    ChildState::Runnable => info.runnable += 1,
+                    ChildState::Active => info.running += 1,
+                    ChildState::Succeeded => info.succeeded += 1,
+                    ChildState::Failed | ChildState::Cancelled => info.failed += 1,
+                }
+            }
+            info
+        });
+        JobInfo {
+            id: job.id,
             spec: job.spec.clone(),
             state: job.state,
             reason,
@@ -824,7 +1340,8 @@ impl Core {
             submit_time: job.submit_time,
             start_time: job.start_time,
             end_time: job.end_time,
-        })
+            array,
+        }
     }
 
     /// The raw record of a job.
@@ -832,52 +1349,12 @@ impl Core {
         self.jobs.get(&id)
     }
 
-    /// Jobs, oldest first; terminal ones only with `all`.
+    /// Jobs (plain, array parents, running children), oldest first; terminal ones only with `all`.
     pub fn job_infos(&self, all: bool) -> Vec<JobInfo> {
-        self.jobs.values().filter(|j| all || !j.state.is_terminal()).filter_map(|j| self.job_info(j.id)).collect()
-    }
-
-    fn reason(&self, job: &Job) -> (Option<String>, Option<String>) {
-        match job.state {
-            JobState::Submitted | JobState::Pending | JobState::Runnable => {
-                if let Some(why) = self.ineligible.get(&job.id) {
-                    return (Some("NoEligibleNodes".into()), Some(format!("no node can ever run it: {why}")));
-                }
-                let head = self.runnable.first().copied();
-                if head == Some(job.id) {
-                    let spec = &job.spec;
-                    let per = tasks_per_node(spec.tasks, spec.nodes)[0] * spec.cpus_per_task;
-                    let free_now = self
-                        .nodes
-                        .values()
-                        .filter(|n| n.connected() && n.free_cpus() >= per && n.free_mem() >= spec.mem_mib)
-                        .count();
-                    (
-                        Some("Resources".into()),
-                        Some(format!(
-                            "first in line, waiting for {} node(s) with {} free CPUs{} at once; {} node(s) have that free now",
-                            spec.nodes,
-                            per,
-                            if spec.mem_mib > 0 { format!(" and {} MiB", spec.mem_mib) } else { String::new() },
-                            free_now
-                        )),
-                    )
-                } else {
-                    let h = head.map(|h| h.to_string()).unwrap_or_else(|| "?".into());
-                    (Some("Priority".into()), Some(format!("waiting behind job {h}, which is first in line (FIFO)")))
-                }
-            }
-            JobState::Starting | JobState::Running => match &job.killing {
-                Some(k) => (Some(k.code().into()), Some(format!("terminating: {}", k.text()))),
-                None => (None, None),
-            },
-            JobState::Failed => match &job.fail {
-                Some(f) => (Some(f.code().into()), Some(f.text())),
-                None => (None, None),
-            },
-            JobState::Cancelled => (Some("Cancelled".into()), Some("cancelled before it started".into())),
-            JobState::Succeeded => (None, None),
-        }
+        let mut out: Vec<JobInfo> =
+            self.jobs.values().filter(|j| all || !j.state.is_terminal()).map(|j| self.info_of(j)).collect();
+        out.sort_by_key(|i| (i.id.parent(), i.id.index().map(|x| x as i64).unwrap_or(-1)));
+        out
     }
 
     /// Nodes, by id.
@@ -902,26 +1379,86 @@ impl Core {
             .collect()
     }
 
-    /// Number of jobs known.
+    /// Number of job records held in memory (plain, parents, active children).
     pub fn job_count(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Waiting entries across all queues (array parents count once).
+    pub fn waiting_count(&self) -> usize {
+        self.queues.values().map(|q| q.waiting.values().map(|s| s.len()).sum::<usize>()).sum::<usize>()
+            + self.ineligible.len()
+            + self.dep_wait.len()
     }
 
     /// Panic if any invariant is broken. Tests call it after every event.
     pub fn sanity_check(&self) {
         let mut cpus: BTreeMap<NodeId, u32> = BTreeMap::new();
         let mut mem: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut queued: BTreeSet<JobId> = BTreeSet::new();
+        for q in self.queues.values() {
+            for set in q.waiting.values() {
+                for (_, id) in set {
+                    assert!(queued.insert(*id), "job {id} queued twice");
+                }
+            }
+        }
         for job in self.jobs.values() {
             let active = matches!(job.state, JobState::Starting | JobState::Running);
-            let waiting = matches!(job.state, JobState::Submitted | JobState::Pending | JobState::Runnable);
-            assert_eq!(
-                waiting,
-                self.runnable.contains(&job.id) || self.ineligible.contains_key(&job.id),
-                "job {} in state {} must be queued exactly when waiting",
-                job.id,
-                job.state
+            let in_queue = queued.contains(&job.id);
+            let aside = self.ineligible.contains_key(&job.id);
+            let deps = self.dep_wait.contains(&job.id);
+            assert!(
+                u8::from(in_queue) + u8::from(aside) + u8::from(deps) <= 1,
+                "job {} is in more than one waiting set",
+                job.id
             );
-            assert!(!(self.runnable.contains(&job.id) && self.ineligible.contains_key(&job.id)));
+            if let Some(arr) = &job.array {
+                let live = &self.arrays[&job.id];
+                let runnable: BTreeSet<u32> = (0..arr.states.len() as u32)
+                    .filter(|&p| arr.states[p as usize] == ChildState::Runnable)
+                    .collect();
+                assert_eq!(live.runnable, runnable, "array {} runnable children", job.id);
+                let active_n = arr.states.iter().filter(|s| **s == ChildState::Active).count() as u32;
+                assert_eq!(live.active, active_n, "array {} active children", job.id);
+                let aspec = job.spec.array.as_ref().expect("array spec");
+                for p in 0..arr.states.len() as u32 {
+                    let c = job.id.child(aspec.index_at(p));
+                    assert_eq!(
+                        arr.states[p as usize] == ChildState::Active,
+                        self.jobs.contains_key(&c),
+                        "child {c} has a record exactly while active"
+                    );
+                }
+                if job.state.is_terminal() {
+                    assert!(arr.states.iter().all(|s| s.is_terminal()), "array {} ended with live children", job.id);
+                } else {
+                    assert_eq!(job.state, JobState::Pending, "array parent {} is PENDING until done", job.id);
+                    if !runnable.is_empty() && !deps {
+                        assert!(in_queue || aside, "array {} with runnable children is queued", job.id);
+                    }
+                    if runnable.is_empty() {
+                        assert!(!in_queue, "array {} without runnable children is not queued", job.id);
+                    }
+                    if let Some(max) = aspec.max_running {
+                        assert!(active_n <= max, "array {} runs {} children, over its %{}", job.id, active_n, max);
+                    }
+                }
+                continue;
+            }
+            let waiting = matches!(job.state, JobState::Submitted | JobState::Pending | JobState::Runnable);
+            if job.id.index().is_none() {
+                assert_eq!(
+                    waiting,
+                    in_queue || aside || deps,
+                    "job {} in state {} must be queued exactly when waiting",
+                    job.id,
+                    job.state
+                );
+                assert_eq!(job.state == JobState::Pending, deps, "job {} PENDING exactly when waiting on deps", job.id);
+            } else {
+                assert!(active, "child record {} exists only while active", job.id);
+            }
             if active {
                 let total: u32 = job.alloc.iter().map(|a| a.tasks).sum();
                 assert_eq!(total, job.spec.tasks, "job {} allocation covers every task", job.id);
@@ -934,6 +1471,7 @@ impl Core {
                     assert!(self.nodes[&a.node].jobs.contains(&job.id), "node knows job {}", job.id);
                 }
                 assert!((job.exits.len() as u32) < job.spec.tasks, "job {} with every exit must be terminal", job.id);
+                assert!(job.attempt <= job.spec.retry.attempts, "job {} ran more attempts than allowed", job.id);
             }
             if job.state.is_terminal() {
                 assert!(job.end_time.is_some(), "terminal job {} has an end time", job.id);
@@ -949,13 +1487,26 @@ impl Core {
             let active = self.jobs.get(job).is_some_and(|j| matches!(j.state, JobState::Starting | JobState::Running));
             assert!(active, "fence state kept for job {job}, which is not running");
         }
+        let mut free_total = 0u64;
         for n in self.nodes.values() {
             assert_eq!(n.alloc_cpus, cpus.get(&n.rec.id).copied().unwrap_or(0), "node {} cpu accounting", n.rec.name);
             assert_eq!(n.alloc_mem, mem.get(&n.rec.id).copied().unwrap_or(0), "node {} memory accounting", n.rec.name);
             if n.connected() {
                 assert!(n.alloc_cpus <= n.rec.inventory.cpus, "node {} over-allocated", n.rec.name);
+                free_total += u64::from(n.free_cpus());
+                for ce in &n.ces {
+                    assert!(self.ce_free[ce].contains(&(n.free_cpus(), n.rec.id)), "node {} indexed in {ce}", n.rec.name);
+                }
             }
         }
+        assert_eq!(free_total, self.free_cpus_total, "free CPU total");
+        for (ce, set) in &self.ce_free {
+            for (free, id) in set {
+                let n = &self.nodes[id];
+                assert!(n.connected() && n.free_cpus() == *free && n.ces.contains(ce), "stale index entry in {ce}");
+            }
+        }
+        self.check_reservation();
     }
 }
 

@@ -63,6 +63,20 @@ pub enum FailReason {
         /// Its message.
         message: Option<String>,
     },
+    /// A dependency can no longer be satisfied; the job never ran.
+    DependencyNeverSatisfied {
+        /// The dependency, as written (`afterok:12`).
+        dep: String,
+        /// Why not.
+        why: String,
+    },
+    /// Some children of an array job failed.
+    ChildrenFailed {
+        /// How many.
+        failed: u32,
+        /// The first (lowest index) one.
+        first: JobId,
+    },
 }
 
 impl FailReason {
@@ -75,6 +89,8 @@ impl FailReason {
             FailReason::Timeout => "Timeout",
             FailReason::Cancelled => "Cancelled",
             FailReason::MpiAbort { .. } => "MpiAbort",
+            FailReason::DependencyNeverSatisfied { .. } => "DependencyNeverSatisfied",
+            FailReason::ChildrenFailed { .. } => "ChildrenFailed",
         }
     }
 
@@ -92,6 +108,12 @@ impl FailReason {
                 Some(m) => format!("rank {rank} called MPI_Abort with code {code}: {m}"),
                 None => format!("rank {rank} called MPI_Abort with code {code}"),
             },
+            FailReason::DependencyNeverSatisfied { dep, why } => {
+                format!("dependency {dep} can never be satisfied: {why}")
+            }
+            FailReason::ChildrenFailed { failed, first } => {
+                format!("{failed} child job(s) failed, the first being {first} (see `launcher show {first}`)")
+            }
         }
     }
 }
@@ -125,6 +147,65 @@ pub struct Job {
     pub end_time: Option<u64>,
     /// Exit code once terminal.
     pub exit_code: Option<i32>,
+    /// For an array parent: every child's state.
+    pub array: Option<ArrayState>,
+}
+
+/// Where one array child stands; one byte per child in the parent's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildState {
+    /// Waiting on a dependency (the parent's, SEQUENTIAL's or N_TO_N's).
+    Pending,
+    /// Waiting for resources.
+    Runnable,
+    /// Starting or running: a full child [`Job`] record exists.
+    Active,
+    /// Done, exit 0.
+    Succeeded,
+    /// Done, failed all its attempts (or could never run).
+    Failed,
+    /// Cancelled before it started.
+    Cancelled,
+}
+
+impl ChildState {
+    /// Done, one way or another.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ChildState::Succeeded | ChildState::Failed | ChildState::Cancelled)
+    }
+
+    /// The job state it corresponds to.
+    pub fn job_state(self) -> JobState {
+        match self {
+            ChildState::Pending => JobState::Pending,
+            ChildState::Runnable => JobState::Runnable,
+            ChildState::Active => JobState::Running,
+            ChildState::Succeeded => JobState::Succeeded,
+            ChildState::Failed => JobState::Failed,
+            ChildState::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+/// How a failed child ended, kept sparse in the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildEnd {
+    /// Exit code.
+    pub exit_code: i32,
+    /// Why.
+    pub fail: FailReason,
+}
+
+/// An array job's children, stored compactly: a 100,000-child array is one
+/// record of ~100 KB, not 100,000 rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayState {
+    /// Child states, by position (index = start + position × step).
+    pub states: Vec<ChildState>,
+    /// Attempts made, by position, for children that have started.
+    pub attempts: BTreeMap<u32, u32>,
+    /// Failed children's ends, by position.
+    pub ends: BTreeMap<u32, ChildEnd>,
 }
 
 impl Job {

@@ -13,17 +13,29 @@
 //! *before* any message from that batch leaves the process, so an agent never
 //! acts on a decision the store could forget.
 //!
-//! This first scheduler is FIFO with gang allocation: a job needing N nodes
-//! gets N nodes in one decision or waits, and a job no node could ever hold is
-//! set aside (reason `NoEligibleNodes`) instead of blocking the queue.
+//! The scheduler (see `sched.rs`): job queues in priority order, each FIFO
+//! or fair share, mapped to up to three compute environments; gang
+//! allocation (N nodes in one decision or none) by the environment's
+//! strategy; EASY backfill around one reservation; dependencies and arrays
+//! (`deps.rs`); retries with `evaluateOnExit` rules (`retry.rs`); timeouts.
+//! A job no node could ever hold is set aside (reason `NoEligibleNodes`)
+//! instead of blocking its queue.
 
 mod core;
+mod defs;
+mod deps;
 mod job;
+mod retry;
+mod sched;
 mod validate;
 
-pub use crate::core::{Config, Core, Effects, Record, SubmitOutcome};
-pub use job::{Alloc, FailReason, Job, NodeRecord};
-pub use validate::{validate_spec, MAX_NODES, MAX_TASKS};
+pub use crate::core::{Config, Core, Defs, Effects, Record, SubmitOutcome};
+pub use defs::{default_ce, default_queue, expand_hostlist, share_weight};
+pub use deps::MAX_DEPS;
+pub use job::{Alloc, ArrayState, ChildEnd, ChildState, FailReason, Job, NodeRecord};
+pub use retry::{glob_match, should_retry, validate_retry};
+pub use sched::{Reservation, NEVER};
+pub use validate::{validate_spec, MAX_ARRAY, MAX_NODES, MAX_TASKS};
 
 /// Microseconds since the Unix epoch. The driver maps the wall clock to it;
 /// tests and the simulator tick it by hand.

@@ -7,6 +7,8 @@ use launcher_proto::JobSpec;
 pub const MAX_NODES: u32 = 10_000;
 /// Largest `-n` accepted.
 pub const MAX_TASKS: u32 = 1_000_000;
+/// Largest array (children).
+pub const MAX_ARRAY: u32 = 1_000_000;
 
 /// Check a job spec; the error names the field and how to fix it.
 pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
@@ -45,6 +47,29 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
     if spec.name.len() > 1024 {
         return Err("--name is longer than 1024 bytes".into());
     }
+    if let Some(a) = &spec.array {
+        if a.step == 0 {
+            return Err("--array step must be at least 1 (e.g. 1-7:2)".into());
+        }
+        if a.end < a.start {
+            return Err(format!("--array {}-{}: the end is before the start", a.start, a.end));
+        }
+        if a.len() > MAX_ARRAY || a.end >= launcher_proto::JobId::MAX_INDEX {
+            return Err(format!("--array {a} has {} children; at most {MAX_ARRAY} are allowed", a.len()));
+        }
+        if a.max_running == Some(0) {
+            return Err("--array %0: the concurrency limit must be at least 1".into());
+        }
+    }
+    crate::retry::validate_retry(&spec.retry)?;
+    if spec.scheduling_priority > 9999 {
+        return Err(format!("--priority {} must be between 0 and 9999", spec.scheduling_priority));
+    }
+    if let Some(s) = &spec.share {
+        if s.is_empty() || s.len() > 255 || s.contains('*') {
+            return Err(format!("--share {s:?} must be 1-255 characters without '*'"));
+        }
+    }
     Ok(())
 }
 
@@ -60,6 +85,7 @@ mod tests {
             tasks: 6,
             cpus_per_task: 1,
             command: vec!["true".into()],
+            retry: launcher_proto::RetrySpec::default(),
             ..Default::default()
         }
     }
@@ -80,6 +106,15 @@ mod tests {
             (Box::new(|s| s.command.clear()), "nothing to run"),
             (Box::new(|s| s.time_limit_s = Some(0)), "--time"),
             (Box::new(|s| s.env.push(("A=B".into(), "c".into()))), "no '='"),
+            (
+                Box::new(|s| {
+                    s.array =
+                        Some(launcher_proto::ArraySpec { start: 5, end: 1, step: 1, max_running: None, sequential: false })
+                }),
+                "before the start",
+            ),
+            (Box::new(|s| s.retry.attempts = 0), "between 1 and 10"),
+            (Box::new(|s| s.scheduling_priority = 10_000), "--priority"),
         ];
         for (mutate, want) in cases {
             let mut s = ok_spec();

@@ -18,14 +18,16 @@
 mod codec;
 mod ids;
 mod msg;
+mod sched;
 
 pub use codec::{decode, encode, encode_frame, DecodeError, FrameDecoder, MAX_FRAME};
 pub use ids::{JobId, NodeId};
 pub use msg::*;
+pub use sched::*;
 
 /// The protocol version this build speaks. Peers must match exactly (see
 /// `docs/protocol.md` §2 for the compatibility window).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN identifier negotiated on every QUIC connection.
 pub const ALPN: &[u8] = b"launcher/1";

@@ -415,6 +415,18 @@ pub struct JobSpec {
     pub user: String,
     /// Whether tasks get a PMI-1 server (direct MPI launch).
     pub mpi: MpiMode,
+    /// Dependencies; all must be satisfied (AND).
+    pub depends: Vec<crate::Dependency>,
+    /// Array job: one child per index.
+    pub array: Option<crate::ArraySpec>,
+    /// Attempts and `evaluateOnExit` rules.
+    pub retry: crate::RetrySpec,
+    /// Fair-share identifier (`--share`).
+    pub share: Option<String>,
+    /// Order within a share: higher first (0..9999).
+    pub scheduling_priority: u32,
+    /// The job definition this was made from (`name:revision`), for display.
+    pub jobdef: Option<String>,
 }
 
 /// PMI service for a job's tasks (`--mpi`).
@@ -515,6 +527,8 @@ pub struct JobInfo {
     pub start_time: Option<u64>,
     /// When the job ended.
     pub end_time: Option<u64>,
+    /// For an array parent: counts of its children by state.
+    pub array: Option<crate::ArrayInfo>,
 }
 
 /// Node states.
@@ -612,6 +626,30 @@ pub enum Request {
         /// `admin` or `user`.
         role: String,
     },
+    /// Change compute environments, queues or policies (admin).
+    Admin(crate::AdminOp),
+    /// Compute environments.
+    Ces,
+    /// Job queues.
+    Queues,
+    /// Fair-share policies.
+    Policies,
+    /// Register a new revision of a job definition (its `revision` is ignored).
+    JobdefRegister(Box<crate::JobDef>),
+    /// Job definitions: one name (every revision) or all; inactive ones only with `all`.
+    Jobdefs {
+        /// Only this name.
+        name: Option<String>,
+        /// Include deregistered revisions.
+        all: bool,
+    },
+    /// Deregister one revision.
+    JobdefDeregister {
+        /// Name.
+        name: String,
+        /// Revision.
+        revision: u32,
+    },
 }
 
 /// Result of cancelling one job.
@@ -682,6 +720,16 @@ pub enum Response {
     Token(String),
     /// A credential file's contents (JSON).
     Credential(String),
+    /// An admin change was applied; a sentence saying what.
+    Done(String),
+    /// Compute environments.
+    Ces(Vec<crate::CeInfo>),
+    /// Job queues.
+    Queues(Vec<crate::QueueInfo>),
+    /// Fair-share policies.
+    Policies(Vec<crate::PolicyDef>),
+    /// Job definitions.
+    Jobdefs(Vec<crate::JobDef>),
     /// The request was refused and changed nothing.
     Error(ErrorMsg),
 }

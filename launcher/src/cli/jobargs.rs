@@ -112,6 +112,7 @@ impl JobArgs {
                 Some("none") => launcher_proto::MpiMode::None,
                 Some(other) => bail!("--mpi {other:?}: expected auto, pmi1 or none"),
             },
+            ..JobSpec::default()
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)

@@ -56,9 +56,15 @@ pub enum Input {
     /// An agent joins with a token.
     /// Ok: (agent certificate, CA certificate), both PEM.
     Join { token: String, name: String, public_key: Vec<u8>, reply: oneshot::Sender<Result<(String, String), String>> },
+    /// Anything else: run `f` on the core in this batch; its effects commit
+    /// with the batch, and the reply leaves after the commit.
+    Call { f: CoreCall, reply: oneshot::Sender<Response> },
     /// Stop the driver.
     Shutdown,
 }
+
+/// A closure run on the core by [`Input::Call`].
+pub type CoreCall = Box<dyn FnOnce(&mut Core, Time, &mut Fx) -> Response + Send>;
 
 /// Wall clock as core time.
 pub fn now() -> Time {
@@ -66,8 +72,9 @@ pub fn now() -> Time {
     Time(d.as_micros() as u64)
 }
 
+/// The effects of one batch.
 #[derive(Default)]
-struct Fx {
+pub struct Fx {
     records: Vec<Record>,
     sends: Vec<(NodeId, ToAgent)>,
     changed: Vec<JobId>,
@@ -244,6 +251,12 @@ impl Driver {
             Input::Join { token, name, public_key, reply } => {
                 let r = self.join(t, &token, &name, &public_key);
                 let _ = reply.send(r);
+            }
+            Input::Call { f, reply } => {
+                let resp = f(&mut self.core, t, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(resp);
+                }));
             }
             Input::Shutdown => {}
         }

@@ -78,7 +78,8 @@ pub fn start(cfg: ServeConfig) -> Result<Controller> {
     let store = store::Store::open(&dir.join("state.db")).context("opening the state database")?;
     let (nodes, jobs) = store.load().context("loading state")?;
     let n_jobs = jobs.len();
-    let core = Core::restore(cfg.core.clone(), driver::now(), nodes, jobs);
+    let defs = store.load_defs().context("loading queues and compute environments")?;
+    let core = Core::restore(cfg.core.clone(), driver::now(), nodes, jobs, defs);
     let ids = Arc::new(RwLock::new(store.certs()?));
     let (events, _) = tokio::sync::broadcast::channel(4096);
 

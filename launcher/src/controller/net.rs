@@ -332,10 +332,49 @@ async fn request(mut s: FramedStream, ctx: &Ctx, id: &CertIdentity) -> Result<()
             Ok(c) => Response::Credential(c),
             Err(e) => error(ErrorKind::BadRequest, e),
         },
+        Request::Admin(_) if !admin => error(
+            ErrorKind::Forbidden,
+            format!("user {} is not an admin; compute environments, queues and policies are admin-only", id.name),
+        ),
+        Request::Admin(op) => {
+            call(ctx, move |core, t, fx| match core.on_admin(t, fx, op) {
+                Ok(m) => Response::Done(m),
+                Err(e) => error(ErrorKind::BadRequest, e),
+            })
+            .await?
+        }
+        Request::Ces => call(ctx, |core, _, _| Response::Ces(core.ce_infos())).await?,
+        Request::Queues => call(ctx, |core, _, _| Response::Queues(core.queue_infos())).await?,
+        Request::Policies => call(ctx, |core, _, _| Response::Policies(core.policy_list())).await?,
+        Request::JobdefRegister(def) => {
+            call(ctx, move |core, _, fx| match core.jobdef_register(fx, *def) {
+                Ok(d) => Response::Jobdefs(vec![d]),
+                Err(e) => error(ErrorKind::BadRequest, e),
+            })
+            .await?
+        }
+        Request::Jobdefs { name, all } => {
+            call(ctx, move |core, _, _| Response::Jobdefs(core.jobdefs(name.as_deref(), all))).await?
+        }
+        Request::JobdefDeregister { name, revision } => {
+            call(ctx, move |core, _, fx| match core.jobdef_deregister(fx, &name, revision) {
+                Ok(m) => Response::Done(m),
+                Err(e) => error(ErrorKind::NotFound, e),
+            })
+            .await?
+        }
     };
     s.send(&resp).await?;
     let _ = s.send.finish();
     Ok(())
+}
+
+/// Run a closure on the core in the driver's next batch.
+async fn call(
+    ctx: &Ctx,
+    f: impl FnOnce(&mut launcher_core::Core, launcher_core::Time, &mut super::driver::Fx) -> Response + Send + 'static,
+) -> Result<Response> {
+    ctx.ask(|reply| Input::Call { f: Box::new(f), reply }).await
 }
 
 /// Send whatever output was appended since the last call.

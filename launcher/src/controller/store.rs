@@ -6,7 +6,7 @@
 //! The driver calls `commit` once per batch of inputs (group commit), so many
 //! concurrent submissions share one fsync.
 
-use launcher_core::{Job, NodeRecord, Record};
+use launcher_core::{Defs, Job, NodeRecord, Record};
 use launcher_proto::{decode, encode};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -60,7 +60,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL, time INTEGER NOT NULL, text TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS events_job ON events(job);
              CREATE TABLE IF NOT EXISTS certs (fingerprint TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);",
+             CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));",
         )?;
         Ok(Store { conn })
     }
@@ -83,6 +84,8 @@ impl Store {
             let mut put_node =
                 tx.prepare_cached("INSERT OR REPLACE INTO nodes (id, name, data) VALUES (?1, ?2, ?3)")?;
             let mut put_event = tx.prepare_cached("INSERT INTO events (job, time, text) VALUES (?1, ?2, ?3)")?;
+            let mut put_def = tx.prepare_cached("INSERT OR REPLACE INTO defs (kind, name, data) VALUES (?1, ?2, ?3)")?;
+            let mut del_def = tx.prepare_cached("DELETE FROM defs WHERE kind = ?1 AND name = ?2")?;
             for (i, r) in records.iter().enumerate() {
                 match r {
                     Record::Job(j) if last_job.get(&j.id.0) == Some(&i) => {
@@ -95,11 +98,46 @@ impl Store {
                     Record::Event { job, time, text } => {
                         put_event.execute(params![job.0 as i64, time.0 as i64, text])?;
                     }
+                    Record::Ce(c) => {
+                        put_def.execute(params!["ce", c.name, encode(c)])?;
+                    }
+                    Record::Queue(q) => {
+                        put_def.execute(params!["queue", q.name, encode(q)])?;
+                    }
+                    Record::Policy(p) => {
+                        put_def.execute(params!["policy", p.name, encode(p)])?;
+                    }
+                    Record::Jobdef(d) => {
+                        put_def.execute(params!["jobdef", format!("{}:{}", d.name, d.revision), encode(&**d)])?;
+                    }
+                    Record::Deleted { kind, name } => {
+                        del_def.execute(params![kind, name])?;
+                    }
                 }
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Compute environments, queues, policies and job definitions.
+    pub fn load_defs(&self) -> Result<Defs, StoreError> {
+        let mut defs = Defs::default();
+        let mut st = self.conn.prepare("SELECT kind, data FROM defs ORDER BY kind, name")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let kind: String = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            let bad = |source| StoreError::Decode { table: "defs", id: 0, source };
+            match kind.as_str() {
+                "ce" => defs.ces.push(decode(&data).map_err(bad)?),
+                "queue" => defs.queues.push(decode(&data).map_err(bad)?),
+                "policy" => defs.policies.push(decode(&data).map_err(bad)?),
+                "jobdef" => defs.jobdefs.push(decode(&data).map_err(bad)?),
+                _ => {}
+            }
+        }
+        Ok(defs)
     }
 
     /// Everything needed to rebuild the core.

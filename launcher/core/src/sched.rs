@@ -1,0 +1,750 @@
+//! The scheduling pass: queue order (queue priority, then FIFO or fair
+//! share), gang allocation within one compute environment by its strategy,
+//! and EASY backfill around one reservation.
+//!
+//! A pass is cheap at 10,000 nodes and 100,000 waiting jobs because:
+//! - nodes are indexed per compute environment by free CPUs, so a fit is a
+//!   range walk, not a scan;
+//! - a job shape that failed to fit makes every job at least as large in the
+//!   same queue fail at once (within a pass free resources only shrink);
+//! - when nothing was freed since the last pass, only new entries are
+//!   looked at ("fresh-only" pass).
+
+use crate::core::{natural_cmp, tasks_per_node, Core, Effects, Node};
+use crate::job::{Alloc, ChildState, Job};
+use crate::Time;
+use launcher_proto::{JobId, JobSpec, NodeId, Strategy};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// "Never" for reservation times.
+pub const NEVER: u64 = u64::MAX;
+
+/// The reservation EASY backfill protects: the first job in queue order that
+/// could not start, with the nodes it will get and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The entry holding it (plain job or array parent).
+    pub entry: JobId,
+    /// The unit that will start (the job, or the array's next child).
+    pub unit: JobId,
+    /// Earliest start, µs since epoch ([`NEVER`] when a node it needs runs a job without a time limit).
+    pub time: u64,
+    /// Nodes it will start on.
+    pub nodes: BTreeSet<NodeId>,
+    /// CPUs it needs on each of them.
+    pub need_cpus: u32,
+    /// When the reservation was computed.
+    pub computed_at: u64,
+}
+
+/// Fair-share usage of one share in one queue.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShareUsage {
+    /// CPUs its running jobs hold.
+    pub running_cpus: u64,
+    /// Decayed CPU-seconds used by finished attempts, as of `at`.
+    pub hist: f64,
+    /// When `hist` was last decayed.
+    pub at: Time,
+}
+
+impl ShareUsage {
+    fn decayed(&self, now: Time, decay_s: u64) -> f64 {
+        if decay_s == 0 {
+            return 0.0;
+        }
+        let dt = now.0.saturating_sub(self.at.0) as f64 / 1e6;
+        self.hist * 0.5f64.powf(dt / decay_s as f64)
+    }
+
+    /// Add CPU-seconds used, decaying what was there (half-life = `shareDecaySeconds`).
+    pub fn add_history(&mut self, now: Time, decay_s: u64, cpu_s: f64) {
+        self.hist = self.decayed(now, decay_s) + if decay_s == 0 { 0.0 } else { cpu_s };
+        self.at = now;
+    }
+
+    /// Usage × weight: CPUs held now plus the decayed average CPUs over the
+    /// decay window. The share with the lowest value goes next.
+    pub fn metric(&self, now: Time, decay_s: u64, weight: f64) -> f64 {
+        let avg = if decay_s == 0 { 0.0 } else { self.decayed(now, decay_s) / decay_s as f64 };
+        (self.running_cpus as f64 + avg) * weight
+    }
+}
+
+/// What a unit needs, for fits and for the failed-shape cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    nodes: u32,
+    big: u32,
+    small: u32,
+    extra: u32,
+    mem: u64,
+}
+
+impl Shape {
+    fn of(spec: &JobSpec) -> Shape {
+        let per = tasks_per_node(spec.tasks, spec.nodes);
+        let big = per[0];
+        let small = *per.last().expect("nodes >= 1");
+        Shape {
+            nodes: spec.nodes,
+            big: big.saturating_mul(spec.cpus_per_task),
+            small: small.saturating_mul(spec.cpus_per_task),
+            extra: per.iter().filter(|&&t| t == big).count() as u32,
+            mem: spec.mem_mib,
+        }
+    }
+
+    fn covers(&self, other: &Shape) -> bool {
+        self.nodes <= other.nodes && self.big <= other.big && self.small <= other.small && self.mem <= other.mem
+    }
+}
+
+enum Outcome {
+    Started,
+    Blocked,
+    /// No CPU is free anywhere: the pass can stop.
+    Full,
+}
+
+struct Pass {
+    full: bool,
+    started: usize,
+    /// (queue, shape, whether reserved nodes were allowed) that did not fit.
+    failed: Vec<(String, Shape, bool)>,
+}
+
+impl Core {
+    /// One scheduling pass. Returns how many jobs (or array children) started.
+    pub fn schedule(&mut self, now: Time, fx: &mut impl Effects) -> usize {
+        if std::mem::take(&mut self.settle) {
+            let pending: Vec<JobId> = self.dep_wait.iter().copied().collect();
+            for id in pending {
+                self.reevaluate(now, fx, id);
+            }
+        }
+        self.drain(now, fx);
+        if !self.dirty {
+            if self.fresh.is_empty() {
+                return 0;
+            }
+            let head_key = self.reservation.as_ref().map(|r| self.order_key(r.entry));
+            for &f in &self.fresh {
+                let q = self.jobs.get(&f).and_then(|j| self.queues.get(&j.spec.queue));
+                if q.is_some_and(|q| q.def.policy.is_some()) || head_key.as_ref().is_some_and(|h| self.order_key(f) < *h) {
+                    self.dirty = true;
+                    break;
+                }
+            }
+        }
+        let mut pass = Pass { full: self.dirty, started: 0, failed: Vec::new() };
+        self.dirty = false;
+        let fresh = std::mem::take(&mut self.fresh);
+        if pass.full {
+            self.reservation = None;
+            self.backfill_blocked.clear();
+        }
+        let mut order: Vec<(Reverse<i32>, String)> =
+            self.queues.values().filter(|q| q.def.enabled).map(|q| (Reverse(q.def.priority), q.def.name.clone())).collect();
+        order.sort();
+        'queues: for (_, qname) in order {
+            let q = &self.queues[&qname];
+            if q.def.policy.is_some() && pass.full {
+                if !self.fair_share_queue(now, fx, &qname, &mut pass) {
+                    break 'queues;
+                }
+                continue;
+            }
+            let entries: Vec<JobId> = if pass.full {
+                q.waiting.values().flat_map(|s| s.iter().map(|(_, id)| *id)).collect()
+            } else {
+                let mut v: Vec<(Reverse<u32>, JobId)> = fresh
+                    .iter()
+                    .filter(|id| self.jobs.get(id).is_some_and(|j| j.spec.queue == qname))
+                    .map(|id| (Reverse(self.jobs[id].spec.scheduling_priority), *id))
+                    .collect();
+                v.sort();
+                v.into_iter().map(|(_, id)| id).collect()
+            };
+            for id in entries {
+                loop {
+                    match self.try_entry(now, fx, &qname, id, &mut pass) {
+                        (Outcome::Full, _) => break 'queues,
+                        (Outcome::Started, true) => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        pass.started
+    }
+
+    /// A fair-share queue: repeatedly the share with the lowest usage × weight
+    /// gets its next job. Returns false when the cluster is full.
+    fn fair_share_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, pass: &mut Pass) -> bool {
+        let q = &self.queues[qname];
+        let mut lists: Vec<(String, Vec<JobId>, usize)> = q
+            .waiting
+            .iter()
+            .map(|(share, set)| (share.clone(), set.iter().map(|(_, id)| *id).collect(), 0))
+            .collect();
+        loop {
+            let mut best: Option<(f64, usize)> = None;
+            for (i, (share, list, at)) in lists.iter().enumerate() {
+                if *at >= list.len() {
+                    continue;
+                }
+                let m = self.share_metric(now, qname, share);
+                if best.is_none_or(|(b, _)| m < b) {
+                    best = Some((m, i));
+                }
+            }
+            let Some((_, i)) = best else { return true };
+            let id = lists[i].1[lists[i].2];
+            match self.try_entry(now, fx, qname, id, pass) {
+                (Outcome::Full, _) => return false,
+                (Outcome::Started, true) => {} // same entry again: the array has more children
+                _ => lists[i].2 += 1,
+            }
+        }
+    }
+
+    /// Weighted usage of a share.
+    pub(crate) fn share_metric(&self, now: Time, qname: &str, share: &str) -> f64 {
+        let q = &self.queues[qname];
+        let policy = q.def.policy.as_ref().and_then(|p| self.policies.get(p));
+        let (decay, weight) = match policy {
+            Some(p) => (p.share_decay_s, crate::defs::share_weight(p, share)),
+            None => (0, 1.0),
+        };
+        q.usage.get(share).map(|u| u.metric(now, decay, weight)).unwrap_or(0.0)
+    }
+
+    pub(crate) fn queue_decay_s(&self, qname: &str) -> u64 {
+        self.queues
+            .get(qname)
+            .and_then(|q| q.def.policy.as_ref())
+            .and_then(|p| self.policies.get(p))
+            .map(|p| p.share_decay_s)
+            .unwrap_or(0)
+    }
+
+    /// Sort key of an entry in global queue order.
+    fn order_key(&self, id: JobId) -> (Reverse<i32>, String, Reverse<u32>, JobId) {
+        let j = &self.jobs[&id];
+        let prio = self.queues.get(&j.spec.queue).map(|q| q.def.priority).unwrap_or(i32::MIN);
+        (Reverse(prio), j.spec.queue.clone(), Reverse(j.spec.scheduling_priority), id)
+    }
+
+    /// Try to start the next unit of an entry. The bool says whether the entry
+    /// may have another unit to try (an array with more runnable children).
+    fn try_entry(&mut self, now: Time, fx: &mut impl Effects, qname: &str, id: JobId, pass: &mut Pass) -> (Outcome, bool) {
+        if self.free_cpus_total == 0 {
+            return (Outcome::Full, false);
+        }
+        let Some(job) = self.jobs.get(&id) else { return (Outcome::Blocked, false) };
+        let (unit, more) = match (&job.array, &job.spec.array) {
+            (Some(_), Some(aspec)) => {
+                let live = &self.arrays[&id];
+                if aspec.max_running.is_some_and(|m| live.active >= m) {
+                    return (Outcome::Blocked, false);
+                }
+                let Some(&pos) = live.runnable.first() else { return (Outcome::Blocked, false) };
+                (id.child(aspec.index_at(pos)), live.runnable.len() > 1)
+            }
+            _ => {
+                if job.state != launcher_proto::JobState::Runnable {
+                    return (Outcome::Blocked, false);
+                }
+                (id, false)
+            }
+        };
+        let spec = &job.spec;
+        let shape = Shape::of(spec);
+        let limit_us = spec.time_limit_s.map(|s| s.saturating_mul(1_000_000));
+        let may_use_reserved = match &self.reservation {
+            None => true,
+            Some(r) => r.time != NEVER && limit_us.is_some_and(|l| now.0.saturating_add(l) <= r.time),
+        };
+        if pass.failed.iter().any(|(q, s, allowed)| q == qname && s.covers(&shape) && (*allowed || !may_use_reserved))
+        {
+            return (Outcome::Blocked, false);
+        }
+        if !self.fair_share_room(qname, &shape) {
+            return (Outcome::Blocked, false);
+        }
+        let exclude = if may_use_reserved { None } else { self.reservation.as_ref().map(|r| &r.nodes) };
+        if let Some(alloc) = self.try_alloc(spec, qname, exclude) {
+            self.start(now, fx, unit, alloc);
+            pass.started += 1;
+            return (Outcome::Started, more);
+        }
+        pass.failed.push((qname.to_string(), shape, may_use_reserved));
+        if let Some(why) = self.never_fits(&self.jobs[&id]) {
+            self.unqueue(id);
+            self.ineligible.insert(id, why);
+            return (Outcome::Blocked, false);
+        }
+        if self.reservation.is_none() {
+            self.reservation = self.compute_reservation(now, id, unit, qname);
+        } else if exclude.is_some() && self.try_alloc(&self.jobs[&id].spec, qname, None).is_some() {
+            self.backfill_blocked.insert(id);
+        }
+        (Outcome::Blocked, false)
+    }
+
+    /// Fair share's `computeReservation`: active shares together may use at
+    /// most (1 - (r/100)^active) of the queue's CPUs.
+    fn fair_share_room(&self, qname: &str, shape: &Shape) -> bool {
+        let q = &self.queues[qname];
+        let Some(p) = q.def.policy.as_ref().and_then(|p| self.policies.get(p)) else { return true };
+        if p.compute_reservation == 0 {
+            return true;
+        }
+        let active = q
+            .usage
+            .iter()
+            .filter(|(s, u)| u.running_cpus > 0 || q.waiting.contains_key(*s))
+            .count()
+            .max(q.waiting.len()) as i32;
+        let cap = self.queue_capacity(qname) as f64;
+        let limit = cap * (1.0 - (f64::from(p.compute_reservation) / 100.0).powi(active.max(1)));
+        let need = u64::from(shape.big) * u64::from(shape.nodes);
+        (q.running_cpus + need) as f64 <= limit.max(0.0) || q.running_cpus == 0 && need as f64 > limit
+    }
+
+    /// CPUs of the connected nodes of a queue's compute environments.
+    pub(crate) fn queue_capacity(&self, qname: &str) -> u64 {
+        let q = &self.queues[qname];
+        let mut seen = BTreeSet::new();
+        for ce in &q.def.ces {
+            if let Some(m) = self.ce_members.get(ce) {
+                seen.extend(m.iter().copied());
+            }
+        }
+        seen.iter().filter_map(|n| self.nodes.get(n)).filter(|n| n.connected()).map(|n| u64::from(n.rec.inventory.cpus)).sum()
+    }
+
+    /// Choose nodes for a job now in the first of its queue's enabled compute
+    /// environments that can hold it, or None.
+    pub(crate) fn try_alloc(&self, spec: &JobSpec, qname: &str, exclude: Option<&BTreeSet<NodeId>>) -> Option<Vec<Alloc>> {
+        let q = self.queues.get(qname)?;
+        let shape = Shape::of(spec);
+        for ce in &q.def.ces {
+            let Some(def) = self.ces.get(ce) else { continue };
+            if !def.enabled {
+                continue;
+            }
+            if let Some(nodes) = self.alloc_in_ce(ce, def.strategy, &shape, exclude) {
+                return Some(self.build_alloc(spec, &shape, nodes));
+            }
+        }
+        None
+    }
+
+    fn alloc_in_ce(
+        &self,
+        ce: &str,
+        strategy: Strategy,
+        shape: &Shape,
+        exclude: Option<&BTreeSet<NodeId>>,
+    ) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        let index = self.ce_free.get(ce)?;
+        let usable = |id: &NodeId| {
+            let n = &self.nodes[id];
+            n.free_mem() >= shape.mem && exclude.is_none_or(|x| !x.contains(id))
+        };
+        let range = index.range((shape.small, NodeId(0))..);
+        match strategy {
+            Strategy::BestFit => pick_tiers(range.filter(|(_, id)| usable(id)).copied(), shape),
+            Strategy::Spread => pick_tiers(range.rev().filter(|(_, id)| usable(id)).copied(), shape),
+            Strategy::Topology => {
+                let mut groups: BTreeMap<String, Vec<(u32, NodeId)>> = BTreeMap::new();
+                for &(free, id) in range.filter(|(_, id)| usable(id)) {
+                    groups.entry(switch_of(&self.nodes[&id])).or_default().push((free, id));
+                }
+                // The tightest single switch that holds the whole job, else best fit anywhere.
+                let mut best: Option<(u64, (Vec<NodeId>, Vec<NodeId>))> = None;
+                for members in groups.values() {
+                    if let Some(t) = pick_tiers(members.iter().copied(), shape) {
+                        let total: u64 = members.iter().map(|(f, _)| u64::from(*f)).sum();
+                        if best.as_ref().is_none_or(|(b, _)| total < *b) {
+                            best = Some((total, t));
+                        }
+                    }
+                }
+                match best {
+                    Some((_, t)) => Some(t),
+                    None => pick_tiers(
+                        index.range((shape.small, NodeId(0))..).filter(|(_, id)| usable(id)).copied(),
+                        shape,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn build_alloc(&self, spec: &JobSpec, shape: &Shape, (mut big, mut small): (Vec<NodeId>, Vec<NodeId>)) -> Vec<Alloc> {
+        let name = |id: &NodeId| self.nodes[id].rec.name.as_str();
+        big.sort_by(|a, b| natural_cmp(name(a), name(b)));
+        small.sort_by(|a, b| natural_cmp(name(a), name(b)));
+        let per = tasks_per_node(spec.tasks, spec.nodes);
+        let (tb, ts) = (per[0], *per.last().expect("nodes >= 1"));
+        let mut out = Vec::with_capacity(spec.nodes as usize);
+        let mut rank = 0;
+        for (id, t, cpus) in big.iter().map(|n| (n, tb, shape.big)).chain(small.iter().map(|n| (n, ts, shape.small))) {
+            let n = &self.nodes[id];
+            out.push(Alloc {
+                node: *id,
+                name: n.rec.name.clone(),
+                addr: n.rec.inventory.addr.clone(),
+                first_rank: rank,
+                tasks: t,
+                cpus,
+                mem_mib: spec.mem_mib,
+                started: false,
+            });
+            rank += t;
+        }
+        out
+    }
+
+    /// Where and when the blocked `unit` of entry `id` will start, given the
+    /// time limits of what runs now.
+    fn compute_reservation(&self, now: Time, id: JobId, unit: JobId, qname: &str) -> Option<Reservation> {
+        let spec = &self.jobs[&id].spec;
+        let shape = Shape::of(spec);
+        let q = self.queues.get(qname)?;
+        let mut best: Option<(u64, Vec<NodeId>)> = None;
+        for ce in &q.def.ces {
+            if !self.ces.get(ce).is_some_and(|c| c.enabled) {
+                continue;
+            }
+            let Some(members) = self.ce_members.get(ce) else { continue };
+            let mut times: Vec<(u64, NodeId)> = members
+                .iter()
+                .filter_map(|nid| {
+                    let n = &self.nodes[nid];
+                    let inv = &n.rec.inventory;
+                    if !n.connected() || inv.cpus < shape.big || inv.mem_mib < shape.mem {
+                        return None;
+                    }
+                    Some((self.free_at(now, n, shape.big, shape.mem), *nid))
+                })
+                .collect();
+            if times.len() < shape.nodes as usize {
+                continue;
+            }
+            let k = shape.nodes as usize;
+            times.select_nth_unstable(k - 1);
+            times.truncate(k);
+            let t = times.iter().map(|(t, _)| *t).max().unwrap_or(NEVER);
+            if best.as_ref().is_none_or(|(b, _)| t < *b) {
+                best = Some((t, times.into_iter().map(|(_, n)| n).collect()));
+            }
+        }
+        let (time, nodes) = best?;
+        Some(Reservation { entry: id, unit, time, nodes: nodes.into_iter().collect(), need_cpus: shape.big, computed_at: now.0 })
+    }
+
+    /// Earliest time `node` has `cpus` and `mem` free, from running jobs' deadlines.
+    fn free_at(&self, now: Time, n: &Node, cpus: u32, mem: u64) -> u64 {
+        if n.free_cpus() >= cpus && n.free_mem() >= mem {
+            return now.0;
+        }
+        let mut ends: Vec<(u64, u32, u64)> = n
+            .jobs
+            .iter()
+            .filter_map(|j| self.jobs.get(j))
+            .filter_map(|j| {
+                let a = j.alloc.iter().find(|a| a.node == n.rec.id)?;
+                Some((j.deadline().unwrap_or(NEVER), a.cpus, a.mem_mib))
+            })
+            .collect();
+        ends.sort_unstable();
+        let (mut free, mut fmem) = (n.free_cpus(), n.free_mem());
+        for (t, c, m) in ends {
+            if t == NEVER {
+                return NEVER;
+            }
+            free += c;
+            fmem += m;
+            if free >= cpus && fmem >= mem {
+                return t;
+            }
+        }
+        NEVER
+    }
+
+    /// Why no node of the job's queue could ever hold it (one compute
+    /// environment must hold all its nodes), or None if some could.
+    pub(crate) fn never_fits(&self, job: &Job) -> Option<String> {
+        let spec = &job.spec;
+        let shape = Shape::of(spec);
+        let q = self.queues.get(&spec.queue)?;
+        let mut best = (0usize, 0u32, 0usize, String::new());
+        for ce in &q.def.ces {
+            let Some(members) = self.ce_members.get(ce) else { continue };
+            let live: Vec<&Node> =
+                members.iter().map(|n| &self.nodes[n]).filter(|n| n.conn != crate::core::Conn::Down).collect();
+            let fitting = live
+                .iter()
+                .filter(|n| n.rec.inventory.cpus >= shape.big && n.rec.inventory.mem_mib >= shape.mem)
+                .count();
+            if fitting >= shape.nodes as usize {
+                return None;
+            }
+            let biggest = live.iter().map(|n| n.rec.inventory.cpus).max().unwrap_or(0);
+            if fitting >= best.0 {
+                best = (fitting, biggest, live.len(), ce.clone());
+            }
+        }
+        let (fitting, biggest, live, ce) = best;
+        Some(format!(
+            "needs {} node(s) with at least {} CPUs{} in one compute environment of queue {}; the largest, {}, has {} node(s) up, {} of them that large (largest: {} CPUs)",
+            shape.nodes,
+            shape.big,
+            if shape.mem > 0 { format!(" and {} MiB", shape.mem) } else { String::new() },
+            spec.queue,
+            if ce.is_empty() { "(none)".to_string() } else { ce },
+            live,
+            fitting,
+            biggest
+        ))
+    }
+
+    /// Re-check set-aside entries after the node set changed.
+    pub(crate) fn refresh_eligibility(&mut self) {
+        let ids: Vec<JobId> = self.ineligible.keys().copied().collect();
+        for id in ids {
+            if self.never_fits(&self.jobs[&id]).is_none() {
+                self.ineligible.remove(&id);
+                self.enqueue(id);
+            }
+        }
+    }
+
+    /// The reservation is never delayed: on each reserved node, the CPUs held
+    /// past the reservation time by running jobs leave room for the head.
+    pub(crate) fn check_reservation(&self) {
+        let Some(r) = &self.reservation else { return };
+        if self.dirty || r.time == NEVER {
+            return;
+        }
+        for nid in &r.nodes {
+            let n = &self.nodes[nid];
+            if !n.connected() {
+                continue;
+            }
+            let held: u32 = n
+                .jobs
+                .iter()
+                .filter_map(|j| self.jobs.get(j))
+                .filter(|j| j.deadline().is_none_or(|d| d > r.time))
+                .filter_map(|j| j.alloc.iter().find(|a| a.node == *nid).map(|a| a.cpus))
+                .sum();
+            assert!(
+                n.rec.inventory.cpus.saturating_sub(held) >= r.need_cpus,
+                "reservation for {} on {} at {} is delayed: {} CPUs held past it",
+                r.unit,
+                n.rec.name,
+                r.time,
+                held
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- reasons
+
+    /// (code, sentence) for `launcher show`.
+    pub(crate) fn reason(&self, job: &Job) -> (Option<String>, Option<String>) {
+        use launcher_proto::JobState as S;
+        match job.state {
+            S::Submitted | S::Pending | S::Runnable => {
+                if self.dep_wait.contains(&job.id) {
+                    return (Some("Dependency".into()), Some(self.dep_text(job.id)));
+                }
+                if let Some(arr) = &job.array {
+                    let aspec = job.spec.array.as_ref().expect("array");
+                    if let Some(pos) = arr.states.iter().position(|s| *s == ChildState::Runnable) {
+                        let c = job.id.child(aspec.index_at(pos as u32));
+                        let (code, text) = self.waiting_reason(job.id);
+                        return (code, text.map(|t| format!("next child {c}: {t}")));
+                    }
+                    if let Some(pos) = arr.states.iter().position(|s| *s == ChildState::Pending) {
+                        let c = job.id.child(aspec.index_at(pos as u32));
+                        return self.child_reason(c, ChildState::Pending);
+                    }
+                    return (None, Some("children running".into()));
+                }
+                self.waiting_reason(job.id)
+            }
+            S::Starting | S::Running => match &job.killing {
+                Some(k) => (Some(k.code().into()), Some(format!("terminating: {}", k.text()))),
+                None => (None, None),
+            },
+            S::Failed => match &job.fail {
+                Some(f) => (Some(f.code().into()), Some(f.text())),
+                None => (None, None),
+            },
+            S::Cancelled => (Some("Cancelled".into()), Some("cancelled before it started".into())),
+            S::Succeeded => (None, None),
+        }
+    }
+
+    /// Why a waiting array child has not started.
+    pub(crate) fn child_reason(&self, id: JobId, state: ChildState) -> (Option<String>, Option<String>) {
+        let parent = id.parent();
+        if self.dep_wait.contains(&parent) {
+            return (Some("Dependency".into()), Some(format!("its array {}", self.dep_text(parent))));
+        }
+        if state == ChildState::Pending {
+            let pos = self.child_pos(id).unwrap_or(0);
+            let why = match self.child_dep_status(parent, pos) {
+                crate::deps::DepStatus::Never(w) => w,
+                _ => {
+                    let p = &self.jobs[&parent];
+                    let aspec = p.spec.array.as_ref().expect("array");
+                    if aspec.sequential && pos > 0 {
+                        format!("SEQUENTIAL: waiting for child {} to succeed", parent.child(aspec.index_at(pos - 1)))
+                    } else {
+                        let idx = aspec.index_at(pos);
+                        let others: Vec<String> = p
+                            .spec
+                            .depends
+                            .iter()
+                            .filter(|d| d.kind == launcher_proto::DepKind::AfterCorr)
+                            .map(|d| d.job.child(idx).to_string())
+                            .collect();
+                        format!("aftercorr: waiting for {} to succeed", others.join(" and "))
+                    }
+                }
+            };
+            return (Some("Dependency".into()), Some(why));
+        }
+        self.waiting_reason(parent)
+    }
+
+    /// Why a RUNNABLE entry (plain job or array) has not started.
+    fn waiting_reason(&self, id: JobId) -> (Option<String>, Option<String>) {
+        let job = &self.jobs[&id];
+        if let Some(why) = self.ineligible.get(&id) {
+            return (Some("NoEligibleNodes".into()), Some(format!("no node can ever run it: {why}")));
+        }
+        let Some(q) = self.queues.get(&job.spec.queue) else {
+            return (Some("QueueDisabled".into()), Some(format!("queue {} no longer exists", job.spec.queue)));
+        };
+        if !q.def.enabled {
+            return (
+                Some("QueueDisabled".into()),
+                Some(format!(
+                    "queue {} is DISABLED; jobs wait until an admin runs `launcher queue-admin update {} --enable`",
+                    q.def.name, q.def.name
+                )),
+            );
+        }
+        if q.def.ces.iter().all(|c| !self.ces.get(c).is_some_and(|c| c.enabled)) {
+            return (
+                Some("Resources".into()),
+                Some(format!("every compute environment of queue {} is DISABLED", q.def.name)),
+            );
+        }
+        if let (Some(aspec), Some(live)) = (job.spec.array.as_ref(), self.arrays.get(&id)) {
+            if aspec.max_running.is_some_and(|m| live.active >= m) {
+                return (
+                    Some("ArrayTaskLimit".into()),
+                    Some(format!("the array already runs {} children, its %{} limit", live.active, aspec.max_running.unwrap_or(0))),
+                );
+            }
+        }
+        if let Some(r) = &self.reservation {
+            if r.entry == id {
+                let when = if r.time == NEVER {
+                    "when jobs without a time limit on them end".to_string()
+                } else {
+                    format!("in about {} s", r.time.saturating_sub(r.computed_at).div_ceil(1_000_000))
+                };
+                let names: Vec<&str> = r.nodes.iter().map(|n| self.nodes[n].rec.name.as_str()).collect();
+                return (
+                    Some("Resources".into()),
+                    Some(format!(
+                        "first in line, waiting for {} node(s) with {} free CPUs at once; reserved {} {when}",
+                        job.spec.nodes,
+                        r.need_cpus,
+                        names.join(",")
+                    )),
+                );
+            }
+            if self.backfill_blocked.contains(&id) {
+                let limit = match job.spec.time_limit_s {
+                    Some(s) => format!("its --time of {s} s"),
+                    None => "it has no --time limit, so it".into(),
+                };
+                return (
+                    Some("BackfillReserved".into()),
+                    Some(format!(
+                        "it would fit now, but {limit} would run past the reservation of job {} (nodes reserved {}); a shorter --time lets it backfill",
+                        r.unit,
+                        if r.time == NEVER { "until jobs without limits end".to_string() } else { format!("in about {} s", r.time.saturating_sub(r.computed_at).div_ceil(1_000_000)) }
+                    )),
+                );
+            }
+        }
+        if q.def.policy.is_some() {
+            let share = self.share_of(id);
+            let now = Time(self.reservation.as_ref().map(|r| r.computed_at).unwrap_or(job.submit_time));
+            let mine = self.share_metric(now, &q.def.name, &share);
+            let lower = q
+                .waiting
+                .keys()
+                .filter(|s| **s != share)
+                .map(|s| (self.share_metric(now, &q.def.name, s), s))
+                .filter(|(m, _)| *m < mine)
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((m, s)) = lower {
+                return (
+                    Some("FairShare".into()),
+                    Some(format!(
+                        "share {share:?} has weighted usage {mine:.1}, above share {s:?} ({m:.1}); shares with less usage go first"
+                    )),
+                );
+            }
+            if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec)) {
+                return (
+                    Some("FairShare".into()),
+                    Some("the policy's computeReservation keeps the remaining CPUs for shares that have no jobs yet".into()),
+                );
+            }
+        }
+        match &self.reservation {
+            Some(r) => (Some("Priority".into()), Some(format!("waiting behind job {}, which is first in line", r.unit))),
+            None => (Some("Resources".into()), Some("waiting for free CPUs in its queue's compute environments".into())),
+        }
+    }
+}
+
+/// The `switch=NAME` feature of a node ("" when it has none).
+fn switch_of(n: &Node) -> String {
+    n.rec.inventory.features.iter().find_map(|f| f.strip_prefix("switch=")).unwrap_or("").to_string()
+}
+
+/// Fill the big tier (nodes that take one extra task) and the small tier from
+/// candidates in preference order. None if they cannot be filled.
+fn pick_tiers(cands: impl Iterator<Item = (u32, NodeId)>, shape: &Shape) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+    let extra = shape.extra as usize;
+    let n_small = shape.nodes as usize - extra;
+    let mut big = Vec::with_capacity(extra);
+    let mut small = Vec::with_capacity(n_small);
+    for (free, id) in cands {
+        if big.len() < extra && free >= shape.big {
+            big.push(id);
+        } else if small.len() < n_small && free >= shape.small {
+            small.push(id);
+        }
+        if big.len() == extra && small.len() == n_small {
+            return Some((big, small));
+        }
+    }
+    None
+}
