@@ -54,6 +54,9 @@ enum Cmd {
     Submit {
         #[command(flatten)]
         job: JobArgs,
+        /// Start from a registered job definition, `NAME[:REVISION]`; the options given here override it.
+        #[arg(long, value_name = "NAME[:REV]")]
+        jobdef: Option<String>,
         /// Print only the job id.
         #[arg(long)]
         parsable: bool,
@@ -65,6 +68,9 @@ enum Cmd {
     Run {
         #[command(flatten)]
         job: JobArgs,
+        /// Start from a registered job definition, `NAME[:REVISION]`; the options given here override it.
+        #[arg(long, value_name = "NAME[:REV]")]
+        jobdef: Option<String>,
         /// Prefix each output line with its rank (`3: ...`).
         #[arg(short = 'l', long)]
         label: bool,
@@ -117,6 +123,27 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Compute environments: named pools of nodes that queues map to (admin for changes).
+    Ce {
+        #[command(subcommand)]
+        cmd: cli::admin::CeCmd,
+    },
+    /// Job queues: priority, state, compute environments, scheduling policy (admin for changes).
+    #[command(name = "queue-admin")]
+    QueueAdmin {
+        #[command(subcommand)]
+        cmd: cli::admin::QueueCmd,
+    },
+    /// Fair-share scheduling policies (admin for changes).
+    Policy {
+        #[command(subcommand)]
+        cmd: cli::admin::PolicyCmd,
+    },
+    /// Job definitions: versioned templates for `submit --jobdef`.
+    Jobdef {
+        #[command(subcommand)]
+        cmd: cli::admin::JobdefCmd,
     },
     /// Join tokens for node agents (admin).
     Token {
@@ -200,16 +227,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             launcher::serve(cfg, init).await
         }
-        Cmd::Submit { job, parsable, target } => {
+        Cmd::Submit { job, jobdef, parsable, target } => {
             let argv: Vec<String> = std::env::args().collect();
             let t = Target { command_mode: cli::submit::command_mode(&argv, &target), args: target };
-            cli::submit::submit(cred, job, t, parsable).await
+            cli::submit::submit(cred, job, t, parsable, jobdef).await
         }
-        Cmd::Run { job, label, target } => {
+        Cmd::Run { job, jobdef, label, target } => {
             let argv: Vec<String> = std::env::args().collect();
             let t = Target { command_mode: cli::submit::command_mode(&argv, &target), args: target };
-            cli::submit::run(cred, job, t, label).await
+            cli::submit::run(cred, job, t, label, jobdef).await
         }
+        Cmd::Ce { cmd } => cli::admin::ce(cred, cmd).await,
+        Cmd::QueueAdmin { cmd } => cli::admin::queue_admin(cred, cmd).await,
+        Cmd::Policy { cmd } => cli::admin::policy(cred, cmd).await,
+        Cmd::Jobdef { cmd } => cli::admin::jobdef(cred, cmd).await,
         Cmd::Queue { all, json } => cli::queue(cred, all, json).await,
         Cmd::Show { job, json } => cli::show(cred, job, json).await,
         Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,

@@ -135,6 +135,15 @@ pub fn task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32) -> Ve
     if msg.node_rank != 0 {
         env.push(("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", main_addr));
     }
+    // Array children: `P:i` carries the index.
+    if let Some(index) = msg.job.index() {
+        let (parent, index) = (msg.job.parent().to_string(), index.to_string());
+        env.push(("LAUNCHER_ARRAY_JOB_ID", parent.clone()));
+        env.push(("LAUNCHER_ARRAY_INDEX", index.clone()));
+        env.push(("AWS_BATCH_JOB_ARRAY_INDEX", index.clone()));
+        env.push(("SLURM_ARRAY_JOB_ID", parent));
+        env.push(("SLURM_ARRAY_TASK_ID", index));
+    }
     // The user's --env comes last so it can override ours (MASTER_PORT, say).
     let mut out: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     out.extend(spec.env.iter().cloned());

@@ -69,10 +69,10 @@ impl std::fmt::Display for JobId {
 
 impl std::str::FromStr for JobId {
     type Err = String;
-    /// `12` or, for an array child, `12:3`.
+    /// `12` or, for an array child, `12:3` (or Slurm's `12_3`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("{s:?} is not a job id (expected a number like 12, or 12:3 for an array child)");
-        let (p, i) = match s.split_once(':') {
+        let (p, i) = match s.split_once([':', '_']) {
             Some((p, i)) => (p, Some(i)),
             None => (s, None),
         };
@@ -111,6 +111,7 @@ mod tests {
         assert_eq!(c.index(), Some(3));
         assert_eq!("12:3".parse::<JobId>().unwrap(), c);
         assert_eq!("12".parse::<JobId>().unwrap(), JobId(12));
+        assert_eq!("12_3".parse::<JobId>().unwrap(), c);
         assert_eq!(JobId(12).index(), None);
         assert_eq!(JobId(12).child(0).index(), Some(0));
         assert!("x".parse::<JobId>().is_err());

@@ -44,6 +44,28 @@ pub struct JobArgs {
     /// PMI for direct MPI launch: `auto` (every job with more than one task), `pmi1`, or `none`.
     #[arg(long, value_name = "MODE")]
     pub mpi: Option<String>,
+    /// Start only after other jobs: `afterok:ID[:ID]`, `afterany:ID`, `afternotok:ID`, `aftercorr:ID`
+    /// (array N_TO_N), `sequential` (array children one after another); `,` joins (AND).
+    /// An array child is `ID_INDEX`.
+    #[arg(short = 'd', long = "depend", visible_alias = "dependency", value_name = "LIST")]
+    pub depend: Option<String>,
+    /// Array job: `START-END[:STEP][%MAX_RUNNING]` or a single index; children are `ID:INDEX`.
+    #[arg(short = 'a', long, value_name = "SPEC")]
+    pub array: Option<String>,
+    /// Attempts in all (1-10); a failed attempt goes back to RUNNABLE. Timeouts and cancels are never retried.
+    #[arg(long, value_name = "N")]
+    pub attempts: Option<u32>,
+    /// evaluateOnExit rule, first match wins (repeatable, up to 5): `ACTION:COND[,COND]`, ACTION `retry`
+    /// or `exit`, COND `exit=GLOB`, `reason=GLOB` or `status=GLOB` (a trailing `*` matches any suffix).
+    /// With no matching rule a failed attempt is retried.
+    #[arg(long = "retry-on", value_name = "RULE")]
+    pub retry_on: Vec<String>,
+    /// Fair-share identifier (default in fair-share queues: your user name).
+    #[arg(long, value_name = "ID")]
+    pub share: Option<String>,
+    /// Scheduling priority within a share, 0-9999, higher first.
+    #[arg(long = "priority", value_name = "N")]
+    pub scheduling_priority: Option<u32>,
 }
 
 impl JobArgs {
@@ -63,60 +85,220 @@ impl JobArgs {
             error: self.error.or(other.error),
             chdir: self.chdir.or(other.chdir),
             mpi: self.mpi.or(other.mpi),
+            depend: self.depend.or(other.depend),
+            array: self.array.or(other.array),
+            attempts: self.attempts.or(other.attempts),
+            retry_on: if self.retry_on.is_empty() { other.retry_on } else { self.retry_on },
+            share: self.share.or(other.share),
+            scheduling_priority: self.scheduling_priority.or(other.scheduling_priority),
         }
     }
 
     /// Build the spec. `command` is the program and its arguments, or the
     /// script's arguments when `script` is given.
     pub fn to_spec(&self, command: Vec<String>, script: Option<(String, String)>) -> Result<JobSpec> {
+        self.to_spec_over(None, command, script)
+    }
+
+    /// Build the spec on top of a job definition's template: every option
+    /// given here wins over the template, field by field.
+    pub fn to_spec_over(
+        &self,
+        base: Option<&JobSpec>,
+        command: Vec<String>,
+        script: Option<(String, String)>,
+    ) -> Result<JobSpec> {
         let nodes = match &self.nodes {
             Some(v) => parse_count(v, "-N/--nodes")?,
-            None => 1,
+            None => base.map(|b| b.nodes).unwrap_or(1),
         };
         let tasks = match &self.tasks {
             Some(v) => parse_count(v, "-n/--ntasks")?,
-            None => nodes,
+            None => base.map(|b| b.tasks.max(nodes)).filter(|_| self.nodes.is_none()).unwrap_or(nodes),
         };
-        let mut env = Vec::new();
+        let mut env: Vec<(String, String)> = base.map(|b| b.env.clone()).unwrap_or_default();
         for kv in &self.env {
             let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
             env.push((k.to_string(), v.to_string()));
         }
         let cwd = match &self.chdir {
             Some(d) => std::path::absolute(d).with_context(|| format!("--chdir {d}"))?.to_string_lossy().into_owned(),
-            None => std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => match base.map(|b| b.cwd.clone()).filter(|c| !c.is_empty()) {
+                Some(c) => c,
+                None => std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            },
         };
-        let default_name = match (&script, command.first()) {
-            (Some((path, _)), _) => basename(path),
-            (None, Some(c)) => basename(c),
-            (None, None) => "job".into(),
+        // The definition's command or script, unless this submission brings its own.
+        let (command, script) = match (base, command.is_empty() && script.is_none()) {
+            (Some(b), true) => (b.command.clone(), b.script.clone().map(|t| (String::new(), t))),
+            _ => (command, script),
         };
+        let default_name = match (&script, command.first(), base) {
+            (_, _, Some(b)) => b.name.clone(),
+            (Some((path, _)), _, _) => basename(path),
+            (None, Some(c), _) => basename(c),
+            (None, None, _) => "job".into(),
+        };
+        let mut retry = base.map(|b| b.retry.clone()).unwrap_or_default();
+        if let Some(a) = self.attempts {
+            retry.attempts = a;
+        }
+        if !self.retry_on.is_empty() {
+            retry.evaluate_on_exit = self.retry_on.iter().map(|r| parse_retry_rule(r)).collect::<Result<_>>()?;
+            if self.attempts.is_none() && retry.attempts == 1 {
+                bail!("--retry-on needs --attempts N (2 or more) to have anything to retry");
+            }
+        }
+        let (mut depends, mut sequential) = match &self.depend {
+            Some(d) => parse_depend(d)?,
+            None => (base.map(|b| b.depends.clone()).unwrap_or_default(), false),
+        };
+        depends.dedup();
+        let mut array = match &self.array {
+            Some(a) => Some(parse_array(a)?),
+            None => base.and_then(|b| b.array.clone()),
+        };
+        match array.as_mut() {
+            Some(a) => {
+                sequential |= a.sequential;
+                a.sequential = sequential;
+            }
+            None if sequential => bail!("--depend sequential applies to array jobs; add --array"),
+            None => {}
+        }
         let spec = JobSpec {
             name: self.name.clone().unwrap_or(default_name),
-            queue: self.queue.clone().unwrap_or_else(|| "default".into()),
+            queue: self.queue.clone().or_else(|| base.map(|b| b.queue.clone())).unwrap_or_else(|| "default".into()),
             nodes,
             tasks,
-            cpus_per_task: self.cpus_per_task.unwrap_or(1),
-            mem_mib: self.mem.as_deref().map(parse_mem_mib).transpose()?.unwrap_or(0),
-            time_limit_s: self.time.as_deref().map(parse_time_s).transpose()?,
+            cpus_per_task: self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1),
+            mem_mib: match self.mem.as_deref() {
+                Some(m) => parse_mem_mib(m)?,
+                None => base.map(|b| b.mem_mib).unwrap_or(0),
+            },
+            time_limit_s: match self.time.as_deref() {
+                Some(t) => Some(parse_time_s(t)?),
+                None => base.and_then(|b| b.time_limit_s),
+            },
             env,
             command,
             script: script.map(|(_, text)| text),
             cwd,
-            output: self.output.clone(),
-            error: self.error.clone(),
+            output: self.output.clone().or_else(|| base.and_then(|b| b.output.clone())),
+            error: self.error.clone().or_else(|| base.and_then(|b| b.error.clone())),
             user: String::new(),
             mpi: match self.mpi.as_deref() {
-                None | Some("auto") => launcher_proto::MpiMode::Auto,
+                None => base.map(|b| b.mpi).unwrap_or_default(),
+                Some("auto") => launcher_proto::MpiMode::Auto,
                 Some("pmi1") | Some("pmi") => launcher_proto::MpiMode::Pmi1,
                 Some("none") => launcher_proto::MpiMode::None,
                 Some(other) => bail!("--mpi {other:?}: expected auto, pmi1 or none"),
             },
-            ..JobSpec::default()
+            depends,
+            array,
+            retry,
+            share: self.share.clone().or_else(|| base.and_then(|b| b.share.clone())),
+            scheduling_priority: self
+                .scheduling_priority
+                .or(base.map(|b| b.scheduling_priority))
+                .unwrap_or(0),
+            jobdef: base.and_then(|b| b.jobdef.clone()),
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)
     }
+}
+
+/// `afterok:12:13,afterany:14_2,sequential` → dependencies and the SEQUENTIAL flag.
+pub fn parse_depend(v: &str) -> Result<(Vec<launcher_proto::Dependency>, bool)> {
+    use launcher_proto::{DepKind, Dependency, JobId};
+    let mut out = Vec::new();
+    let mut sequential = false;
+    let mut kind: Option<DepKind> = None;
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.eq_ignore_ascii_case("sequential") {
+            sequential = true;
+            continue;
+        }
+        let mut fields = part.split(':');
+        let first = fields.next().unwrap_or_default();
+        let ids: Vec<&str> = match first.to_ascii_lowercase().as_str() {
+            "afterok" => {
+                kind = Some(DepKind::AfterOk);
+                fields.collect()
+            }
+            "afterany" => {
+                kind = Some(DepKind::AfterAny);
+                fields.collect()
+            }
+            "afternotok" => {
+                kind = Some(DepKind::AfterNotOk);
+                fields.collect()
+            }
+            "aftercorr" => {
+                kind = Some(DepKind::AfterCorr);
+                fields.collect()
+            }
+            _ if first.chars().next().is_some_and(|c| c.is_ascii_digit()) && kind.is_some() => {
+                std::iter::once(first).chain(fields).collect()
+            }
+            _ => bail!(
+                "--depend {part:?}: expected afterok:ID, afterany:ID, afternotok:ID, aftercorr:ID or sequential (join with ',')"
+            ),
+        };
+        if ids.is_empty() {
+            bail!("--depend {part:?}: name at least one job id, e.g. afterok:12");
+        }
+        for id in ids {
+            let job: JobId = id.parse().map_err(|e: String| anyhow!("--depend {part:?}: {e}; an array child is ID_INDEX"))?;
+            out.push(Dependency { kind: kind.expect("set above"), job });
+        }
+    }
+    Ok((out, sequential))
+}
+
+/// `0-999`, `1-7:2`, `0-99%10`, `5`.
+pub fn parse_array(v: &str) -> Result<launcher_proto::ArraySpec> {
+    let bad = || anyhow!("--array {v:?}: expected START-END[:STEP][%MAX_RUNNING], e.g. 0-999, 1-7:2 or 0-99%10");
+    let (range, max) = match v.split_once('%') {
+        Some((r, m)) => (r, Some(m.trim().parse::<u32>().map_err(|_| bad())?)),
+        None => (v, None),
+    };
+    let (range, step) = match range.split_once(':') {
+        Some((r, s)) => (r, s.trim().parse::<u32>().map_err(|_| bad())?),
+        None => (range, 1),
+    };
+    let (start, end) = match range.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<u32>().map_err(|_| bad())?, b.trim().parse::<u32>().map_err(|_| bad())?),
+        None => {
+            let x = range.trim().parse::<u32>().map_err(|_| bad())?;
+            (x, x)
+        }
+    };
+    Ok(launcher_proto::ArraySpec { start, end, step, max_running: max, sequential: false })
+}
+
+/// `retry:exit=137,reason=NonZero*` → an evaluateOnExit rule.
+pub fn parse_retry_rule(v: &str) -> Result<launcher_proto::ExitRule> {
+    let (action, conds) =
+        v.split_once(':').ok_or_else(|| anyhow!("--retry-on {v:?}: expected ACTION:COND, e.g. retry:exit=137"))?;
+    let action = match action.to_ascii_lowercase().as_str() {
+        "retry" => launcher_proto::ExitAction::Retry,
+        "exit" => launcher_proto::ExitAction::Exit,
+        _ => bail!("--retry-on {v:?}: the action must be retry or exit"),
+    };
+    let mut rule = launcher_proto::ExitRule { action, on_exit_code: None, on_reason: None, on_status_reason: None };
+    for c in conds.split(',') {
+        let (k, val) = c.split_once('=').ok_or_else(|| anyhow!("--retry-on {v:?}: condition {c:?} needs KEY=GLOB"))?;
+        let slot = match k.trim() {
+            "exit" | "exit-code" => &mut rule.on_exit_code,
+            "reason" => &mut rule.on_reason,
+            "status" | "status-reason" => &mut rule.on_status_reason,
+            other => bail!("--retry-on {v:?}: unknown condition {other:?}; use exit=, reason= or status="),
+        };
+        *slot = Some(val.to_string());
+    }
+    Ok(rule)
 }
 
 fn basename(p: &str) -> String {

@@ -2,6 +2,7 @@
 //! read commands here (queue, show, cancel, logs, nodes), admin commands
 //! (token, user), shared argument parsing in `jobargs`, rendering in `output`.
 
+pub mod admin;
 pub mod client;
 pub mod jobargs;
 pub mod output;
@@ -12,7 +13,7 @@ use client::{check, exit, unexpected, usage, Client};
 use launcher_proto::{CancelOutcome, JobId, Request, Response};
 use std::path::PathBuf;
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -22,7 +23,7 @@ pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
     ids.iter()
         .map(|s| {
             s.parse::<JobId>()
-                .map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers, as printed by submit)")))
+                .map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers as printed by submit; an array child is ID:INDEX)")))
         })
         .collect()
 }

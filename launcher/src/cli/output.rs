@@ -82,7 +82,19 @@ pub fn jobs_table(jobs: &[JobInfo]) -> String {
     let rows = jobs
         .iter()
         .map(|j| {
-            let where_ = if j.nodes.is_empty() {
+            let where_ = if let Some(a) = &j.array {
+                let mut w = format!(
+                    "array {}: {} done, {} running, {} waiting",
+                    a.size,
+                    a.succeeded + a.failed,
+                    a.running,
+                    a.pending + a.runnable
+                );
+                if a.failed > 0 {
+                    w.push_str(&format!(" ({} failed)", a.failed));
+                }
+                w
+            } else if j.nodes.is_empty() {
                 j.reason.clone().map(|r| format!("({r})")).unwrap_or_default()
             } else {
                 nodeagent::hostlist::compress(&j.nodes)
@@ -120,6 +132,51 @@ pub fn nodes_table(nodes: &[NodeInfo]) -> String {
     table(&["NODE", "STATE", "CPUS(A/T)", "MEM_MIB(A/T)", "ADDR", "JOBS"], rows)
 }
 
+/// A job definition's template, for `jobdef show`.
+pub fn spec_details(spec: &launcher_proto::JobSpec) -> String {
+    let mut s = String::new();
+    let mut kv = |k: &str, v: String| s.push_str(&format!("{k:>12}: {v}\n"));
+    kv("queue", spec.queue.clone());
+    kv(
+        "resources",
+        format!("{} node(s), {} task(s), {} cpu(s)/task", spec.nodes, spec.tasks, spec.cpus_per_task)
+            + &if spec.mem_mib > 0 { format!(", {} MiB/node", spec.mem_mib) } else { String::new() },
+    );
+    if let Some(t) = spec.time_limit_s {
+        kv("time limit", duration(t * 1_000_000));
+    }
+    kv("command", if spec.script.is_some() { "(script)".to_string() } else { spec.command.join(" ") });
+    for (k, v) in &spec.env {
+        kv("env", format!("{k}={v}"));
+    }
+    if let Some(a) = &spec.array {
+        kv("array", a.to_string());
+    }
+    kv("attempts", spec.retry.attempts.to_string());
+    for r in &spec.retry.evaluate_on_exit {
+        kv("retry rule", retry_rule_text(r));
+    }
+    s
+}
+
+fn retry_rule_text(r: &launcher_proto::ExitRule) -> String {
+    let mut conds = Vec::new();
+    if let Some(x) = &r.on_exit_code {
+        conds.push(format!("exit={x}"));
+    }
+    if let Some(x) = &r.on_reason {
+        conds.push(format!("reason={x}"));
+    }
+    if let Some(x) = &r.on_status_reason {
+        conds.push(format!("status={x}"));
+    }
+    let action = match r.action {
+        launcher_proto::ExitAction::Retry => "retry",
+        launcher_proto::ExitAction::Exit => "exit",
+    };
+    format!("{action}:{}", conds.join(","))
+}
+
 /// `launcher show` text.
 pub fn job_details(j: &JobInfo) -> String {
     let mut s = String::new();
@@ -152,7 +209,35 @@ pub fn job_details(j: &JobInfo) -> String {
     };
     kv("command", cmd);
     kv("workdir", j.spec.cwd.clone());
-    kv("attempt", j.attempt.to_string());
+    if let Some(d) = &j.spec.jobdef {
+        kv("jobdef", d.clone());
+    }
+    if !j.spec.depends.is_empty() {
+        kv("depends", j.spec.depends.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
+    }
+    if let Some(a) = &j.array {
+        let spec = a.spec.as_ref().map(|s| s.to_string()).unwrap_or_default();
+        kv(
+            "array",
+            format!(
+                "{spec}{}: {} children; {} succeeded, {} failed, {} running, {} runnable, {} pending",
+                if a.spec.as_ref().is_some_and(|s| s.sequential) { " SEQUENTIAL" } else { "" },
+                a.size,
+                a.succeeded,
+                a.failed,
+                a.running,
+                a.runnable,
+                a.pending
+            ),
+        );
+    }
+    if let Some(sh) = &j.spec.share {
+        kv("share", format!("{sh} (priority {})", j.spec.scheduling_priority));
+    }
+    kv("attempt", format!("{} of {}", j.attempt, j.spec.retry.attempts));
+    for r in &j.spec.retry.evaluate_on_exit {
+        kv("retry rule", retry_rule_text(r));
+    }
     if !j.nodes.is_empty() {
         kv("nodes", j.nodes.join(","));
     }

@@ -34,19 +34,27 @@ pub fn command_mode(argv: &[String], target: &[String]) -> bool {
 /// is run as a program. With `programs_on_path` (`run`, like srun), a name
 /// that is not a file is a program looked up on the nodes' PATH.
 pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Result<JobSpec> {
+    build_spec_over(flags, target, programs_on_path, None)
+}
+
+/// [`build_spec`] on top of a job definition's template.
+pub fn build_spec_over(flags: JobArgs, target: Target, programs_on_path: bool, base: Option<&JobSpec>) -> Result<JobSpec> {
+    if target.args.is_empty() && base.is_some() {
+        return flags.to_spec_over(base, Vec::new(), None).map_err(|e| usage(format!("{e:#}")));
+    }
     if target.args.is_empty() {
         return Err(usage(
             "nothing to run: give a script file, or a command after `--` (e.g. `launcher submit -N 2 -- hostname`)",
         ));
     }
     if target.command_mode {
-        return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
+        return flags.to_spec_over(base, target.args, None).map_err(|e| usage(format!("{e:#}")));
     }
     let path = PathBuf::from(&target.args[0]);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && programs_on_path && !target.args[0].contains('/') => {
-            return flags.to_spec(target.args, None).map_err(|e| usage(format!("{e:#}")));
+            return flags.to_spec_over(base, target.args, None).map_err(|e| usage(format!("{e:#}")));
         }
         Err(e) => {
             return Err(usage(format!(
@@ -65,7 +73,7 @@ pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Res
             if let Ok(abs) = std::path::absolute(&path) {
                 args[0] = abs.to_string_lossy().into_owned();
             }
-            return flags.to_spec(args, None).map_err(|e| usage(format!("{e:#}")));
+            return flags.to_spec_over(base, args, None).map_err(|e| usage(format!("{e:#}")));
         }
     };
     let dir_args = directives(&text).map_err(|e| usage(format!("{}: {e:#}", path.display())))?;
@@ -79,7 +87,9 @@ pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Res
         usage(format!("{}: bad #LAUNCHER directive: {}", path.display(), e.render().to_string().trim()))
     })?;
     let merged = flags.over(d.job);
-    merged.to_spec(target.args[1..].to_vec(), Some((target.args[0].clone(), text))).map_err(|e| usage(format!("{e:#}")))
+    merged
+        .to_spec_over(base, target.args[1..].to_vec(), Some((target.args[0].clone(), text)))
+        .map_err(|e| usage(format!("{e:#}")))
 }
 
 fn new_key() -> u128 {
@@ -98,10 +108,30 @@ pub async fn submit_spec(client: &mut Client, spec: JobSpec) -> Result<JobId> {
     }
 }
 
+/// The template of `--jobdef NAME[:REV]`, with its name:revision recorded.
+pub async fn jobdef_base(client: &Client, jobdef: Option<&str>) -> Result<Option<JobSpec>> {
+    let Some(name) = jobdef else { return Ok(None) };
+    let d = super::admin::fetch_jobdef(client, name).await?;
+    let mut spec = d.spec;
+    spec.jobdef = Some(format!("{}:{}", d.name, d.revision));
+    Ok(Some(spec))
+}
+
 /// `launcher submit`.
-pub async fn submit(cred: Option<PathBuf>, flags: JobArgs, target: Target, parsable: bool) -> Result<i32> {
-    let spec = build_spec(flags, target, false)?;
+pub async fn submit(
+    cred: Option<PathBuf>,
+    flags: JobArgs,
+    target: Target,
+    parsable: bool,
+    jobdef: Option<String>,
+) -> Result<i32> {
+    if jobdef.is_none() {
+        // Check the input before dialing, so usage errors never wait on the network.
+        build_spec(flags.clone(), Target { command_mode: target.command_mode, args: target.args.clone() }, false)?;
+    }
     let mut client = Client::connect(cred).await?;
+    let base = jobdef_base(&client, jobdef.as_deref()).await?;
+    let spec = build_spec_over(flags, target, false, base.as_ref())?;
     let job = submit_spec(&mut client, spec).await?;
     if parsable {
         println!("{job}");
@@ -157,9 +187,16 @@ pub async fn follow(client: &Client, job: JobId, rank: Option<u32>, label: bool,
 }
 
 /// `launcher run`: submit, stream output, exit with the job's code; Ctrl-C cancels.
-pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: bool) -> Result<i32> {
-    let spec = build_spec(flags, target, true)?;
+pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: bool, jobdef: Option<String>) -> Result<i32> {
+    if jobdef.is_none() {
+        build_spec(flags.clone(), Target { command_mode: target.command_mode, args: target.args.clone() }, true)?;
+    }
     let mut client = Client::connect(cred).await?;
+    let base = jobdef_base(&client, jobdef.as_deref()).await?;
+    let spec = build_spec_over(flags, target, true, base.as_ref())?;
+    if spec.array.is_some() {
+        return Err(usage("`run` streams one job; submit array jobs with `launcher submit --array ...` and read a child's output with `launcher logs ID:INDEX`"));
+    }
     let job = submit_spec(&mut client, spec).await?;
     let streaming = follow(&client, job, None, label, true);
     tokio::pin!(streaming);
