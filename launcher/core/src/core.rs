@@ -1315,7 +1315,8 @@ impl Core {
             }
         }
         let array = job.array.as_ref().map(|arr| {
-            let mut info = ArrayInfo { spec: job.spec.array.clone(), size: arr.states.len() as u32, ..ArrayInfo::default() };
+            let mut info =
+                ArrayInfo { spec: job.spec.array.clone(), size: arr.states.len() as u32, ..ArrayInfo::default() };
             for s in &arr.states {
                 match s {
                     ChildState::Pending => info.pending += 1,
@@ -1415,9 +1416,8 @@ impl Core {
             );
             if let Some(arr) = &job.array {
                 let live = &self.arrays[&job.id];
-                let runnable: BTreeSet<u32> = (0..arr.states.len() as u32)
-                    .filter(|&p| arr.states[p as usize] == ChildState::Runnable)
-                    .collect();
+                let runnable: BTreeSet<u32> =
+                    (0..arr.states.len() as u32).filter(|&p| arr.states[p as usize] == ChildState::Runnable).collect();
                 assert_eq!(live.runnable, runnable, "array {} runnable children", job.id);
                 let active_n = arr.states.iter().filter(|s| **s == ChildState::Active).count() as u32;
                 assert_eq!(live.active, active_n, "array {} active children", job.id);
@@ -1495,7 +1495,11 @@ impl Core {
                 assert!(n.alloc_cpus <= n.rec.inventory.cpus, "node {} over-allocated", n.rec.name);
                 free_total += u64::from(n.free_cpus());
                 for ce in &n.ces {
-                    assert!(self.ce_free[ce].contains(&(n.free_cpus(), n.rec.id)), "node {} indexed in {ce}", n.rec.name);
+                    assert!(
+                        self.ce_free[ce].contains(&(n.free_cpus(), n.rec.id)),
+                        "node {} indexed in {ce}",
+                        n.rec.name
+                    );
                 }
             }
         }

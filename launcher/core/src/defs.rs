@@ -23,11 +23,8 @@ pub fn default_queue() -> QueueDef {
 /// matching prefix (`team*`), else 1.0.
 pub fn share_weight(p: &PolicyDef, share: &str) -> f64 {
     let exact = p.shares.iter().find(|s| s.share == share);
-    let prefix = p
-        .shares
-        .iter()
-        .filter(|s| s.share.ends_with('*') && glob_match(&s.share, share))
-        .max_by_key(|s| s.share.len());
+    let prefix =
+        p.shares.iter().filter(|s| s.share.ends_with('*') && glob_match(&s.share, share)).max_by_key(|s| s.share.len());
     exact.or(prefix).map(|s| f64::from(s.weight_x10k) / 10_000.0).unwrap_or(1.0)
 }
 
@@ -102,10 +99,8 @@ impl Core {
             .filter(|j| j.spec.queue == def.name && matches!(j.state, JobState::Starting | JobState::Running))
             .map(|j| j.alloc.iter().map(|a| u64::from(a.cpus)).sum::<u64>())
             .sum();
-        self.queues.insert(
-            def.name.clone(),
-            QueueState { def, waiting: Default::default(), usage, running_cpus: running },
-        );
+        self.queues
+            .insert(def.name.clone(), QueueState { def, waiting: Default::default(), usage, running_cpus: running });
         self.requeue_all();
     }
 
@@ -246,7 +241,10 @@ impl Core {
                 let name = def.name.clone();
                 fx.persist(Record::Ce(def.clone()));
                 self.install_ce(def);
-                format!("compute environment {name} created with {} node(s)", self.ce_members.get(&name).map_or(0, |m| m.len()))
+                format!(
+                    "compute environment {name} created with {} node(s)",
+                    self.ce_members.get(&name).map_or(0, |m| m.len())
+                )
             }
             AdminOp::CeUpdate(def) => {
                 Self::validate_ce(&def)?;
@@ -424,9 +422,10 @@ mod tests {
 
     #[test]
     fn hostlists_expand() {
-        assert_eq!(expand_hostlist("node[1-3,7],gpu[01-02],x").unwrap(), vec![
-            "node1", "node2", "node3", "node7", "gpu01", "gpu02", "x"
-        ]);
+        assert_eq!(
+            expand_hostlist("node[1-3,7],gpu[01-02],x").unwrap(),
+            vec!["node1", "node2", "node3", "node7", "gpu01", "gpu02", "x"]
+        );
         assert!(expand_hostlist("node[3-1]").unwrap_err().contains("bad range"));
         assert!(expand_hostlist("node[1-3").unwrap_err().contains("without"));
     }

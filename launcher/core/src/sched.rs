@@ -17,6 +17,9 @@ use launcher_proto::{JobId, JobSpec, NodeId, Strategy};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Nodes that take one extra task, and the others.
+type Tiers = (Vec<NodeId>, Vec<NodeId>);
+
 /// "Never" for reservation times.
 pub const NEVER: u64 = u64::MAX;
 
@@ -111,8 +114,9 @@ enum Outcome {
 struct Pass {
     full: bool,
     started: usize,
-    /// (queue, shape, whether reserved nodes were allowed) that did not fit.
-    failed: Vec<(String, Shape, bool)>,
+    /// (queue, shape, whether reserved nodes were allowed, whether it would
+    /// have fit on reserved nodes) that did not fit.
+    failed: Vec<(String, Shape, bool, bool)>,
 }
 
 impl Core {
@@ -132,7 +136,9 @@ impl Core {
             let head_key = self.reservation.as_ref().map(|r| self.order_key(r.entry));
             for &f in &self.fresh {
                 let q = self.jobs.get(&f).and_then(|j| self.queues.get(&j.spec.queue));
-                if q.is_some_and(|q| q.def.policy.is_some()) || head_key.as_ref().is_some_and(|h| self.order_key(f) < *h) {
+                if q.is_some_and(|q| q.def.policy.is_some())
+                    || head_key.as_ref().is_some_and(|h| self.order_key(f) < *h)
+                {
                     self.dirty = true;
                     break;
                 }
@@ -145,8 +151,12 @@ impl Core {
             self.reservation = None;
             self.backfill_blocked.clear();
         }
-        let mut order: Vec<(Reverse<i32>, String)> =
-            self.queues.values().filter(|q| q.def.enabled).map(|q| (Reverse(q.def.priority), q.def.name.clone())).collect();
+        let mut order: Vec<(Reverse<i32>, String)> = self
+            .queues
+            .values()
+            .filter(|q| q.def.enabled)
+            .map(|q| (Reverse(q.def.priority), q.def.name.clone()))
+            .collect();
         order.sort();
         'queues: for (_, qname) in order {
             let q = &self.queues[&qname];
@@ -184,11 +194,8 @@ impl Core {
     /// gets its next job. Returns false when the cluster is full.
     fn fair_share_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, pass: &mut Pass) -> bool {
         let q = &self.queues[qname];
-        let mut lists: Vec<(String, Vec<JobId>, usize)> = q
-            .waiting
-            .iter()
-            .map(|(share, set)| (share.clone(), set.iter().map(|(_, id)| *id).collect(), 0))
-            .collect();
+        let mut lists: Vec<(String, Vec<JobId>, usize)> =
+            q.waiting.iter().map(|(share, set)| (share.clone(), set.iter().map(|(_, id)| *id).collect(), 0)).collect();
         loop {
             let mut best: Option<(f64, usize)> = None;
             for (i, (share, list, at)) in lists.iter().enumerate() {
@@ -239,7 +246,14 @@ impl Core {
 
     /// Try to start the next unit of an entry. The bool says whether the entry
     /// may have another unit to try (an array with more runnable children).
-    fn try_entry(&mut self, now: Time, fx: &mut impl Effects, qname: &str, id: JobId, pass: &mut Pass) -> (Outcome, bool) {
+    fn try_entry(
+        &mut self,
+        now: Time,
+        fx: &mut impl Effects,
+        qname: &str,
+        id: JobId,
+        pass: &mut Pass,
+    ) -> (Outcome, bool) {
         if self.free_cpus_total == 0 {
             return (Outcome::Full, false);
         }
@@ -267,8 +281,14 @@ impl Core {
             None => true,
             Some(r) => r.time != NEVER && limit_us.is_some_and(|l| now.0.saturating_add(l) <= r.time),
         };
-        if pass.failed.iter().any(|(q, s, allowed)| q == qname && s.covers(&shape) && (*allowed || !may_use_reserved))
-        {
+        let dominated = pass
+            .failed
+            .iter()
+            .find(|(q, s, allowed, _)| q == qname && s.covers(&shape) && (*allowed || !may_use_reserved));
+        if let Some((_, s, _, fits_unreserved)) = dominated {
+            if *fits_unreserved && *s == shape {
+                self.backfill_blocked.insert(id);
+            }
             return (Outcome::Blocked, false);
         }
         if !self.fair_share_room(qname, &shape) {
@@ -280,17 +300,20 @@ impl Core {
             pass.started += 1;
             return (Outcome::Started, more);
         }
-        pass.failed.push((qname.to_string(), shape, may_use_reserved));
         if let Some(why) = self.never_fits(&self.jobs[&id]) {
+            pass.failed.push((qname.to_string(), shape, may_use_reserved, false));
             self.unqueue(id);
             self.ineligible.insert(id, why);
             return (Outcome::Blocked, false);
         }
+        let mut fits_unreserved = false;
         if self.reservation.is_none() {
             self.reservation = self.compute_reservation(now, id, unit, qname);
         } else if exclude.is_some() && self.try_alloc(&self.jobs[&id].spec, qname, None).is_some() {
+            fits_unreserved = true;
             self.backfill_blocked.insert(id);
         }
+        pass.failed.push((qname.to_string(), shape, may_use_reserved, fits_unreserved));
         (Outcome::Blocked, false)
     }
 
@@ -323,12 +346,21 @@ impl Core {
                 seen.extend(m.iter().copied());
             }
         }
-        seen.iter().filter_map(|n| self.nodes.get(n)).filter(|n| n.connected()).map(|n| u64::from(n.rec.inventory.cpus)).sum()
+        seen.iter()
+            .filter_map(|n| self.nodes.get(n))
+            .filter(|n| n.connected())
+            .map(|n| u64::from(n.rec.inventory.cpus))
+            .sum()
     }
 
     /// Choose nodes for a job now in the first of its queue's enabled compute
     /// environments that can hold it, or None.
-    pub(crate) fn try_alloc(&self, spec: &JobSpec, qname: &str, exclude: Option<&BTreeSet<NodeId>>) -> Option<Vec<Alloc>> {
+    pub(crate) fn try_alloc(
+        &self,
+        spec: &JobSpec,
+        qname: &str,
+        exclude: Option<&BTreeSet<NodeId>>,
+    ) -> Option<Vec<Alloc>> {
         let q = self.queues.get(qname)?;
         let shape = Shape::of(spec);
         for ce in &q.def.ces {
@@ -349,7 +381,7 @@ impl Core {
         strategy: Strategy,
         shape: &Shape,
         exclude: Option<&BTreeSet<NodeId>>,
-    ) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+    ) -> Option<Tiers> {
         let index = self.ce_free.get(ce)?;
         let usable = |id: &NodeId| {
             let n = &self.nodes[id];
@@ -365,7 +397,7 @@ impl Core {
                     groups.entry(switch_of(&self.nodes[&id])).or_default().push((free, id));
                 }
                 // The tightest single switch that holds the whole job, else best fit anywhere.
-                let mut best: Option<(u64, (Vec<NodeId>, Vec<NodeId>))> = None;
+                let mut best: Option<(u64, Tiers)> = None;
                 for members in groups.values() {
                     if let Some(t) = pick_tiers(members.iter().copied(), shape) {
                         let total: u64 = members.iter().map(|(f, _)| u64::from(*f)).sum();
@@ -376,16 +408,20 @@ impl Core {
                 }
                 match best {
                     Some((_, t)) => Some(t),
-                    None => pick_tiers(
-                        index.range((shape.small, NodeId(0))..).filter(|(_, id)| usable(id)).copied(),
-                        shape,
-                    ),
+                    None => {
+                        pick_tiers(index.range((shape.small, NodeId(0))..).filter(|(_, id)| usable(id)).copied(), shape)
+                    }
                 }
             }
         }
     }
 
-    fn build_alloc(&self, spec: &JobSpec, shape: &Shape, (mut big, mut small): (Vec<NodeId>, Vec<NodeId>)) -> Vec<Alloc> {
+    fn build_alloc(
+        &self,
+        spec: &JobSpec,
+        shape: &Shape,
+        (mut big, mut small): (Vec<NodeId>, Vec<NodeId>),
+    ) -> Vec<Alloc> {
         let name = |id: &NodeId| self.nodes[id].rec.name.as_str();
         big.sort_by(|a, b| natural_cmp(name(a), name(b)));
         small.sort_by(|a, b| natural_cmp(name(a), name(b)));
@@ -438,14 +474,25 @@ impl Core {
             }
             let k = shape.nodes as usize;
             times.select_nth_unstable(k - 1);
+            let t = times[k - 1].0;
+            // Of the nodes free by then, reserve the ones that free up last:
+            // nodes free now stay available for backfill.
+            times.retain(|(x, _)| *x <= t);
+            times.sort_unstable_by_key(|(x, n)| (std::cmp::Reverse(*x), *n));
             times.truncate(k);
-            let t = times.iter().map(|(t, _)| *t).max().unwrap_or(NEVER);
             if best.as_ref().is_none_or(|(b, _)| t < *b) {
                 best = Some((t, times.into_iter().map(|(_, n)| n).collect()));
             }
         }
         let (time, nodes) = best?;
-        Some(Reservation { entry: id, unit, time, nodes: nodes.into_iter().collect(), need_cpus: shape.big, computed_at: now.0 })
+        Some(Reservation {
+            entry: id,
+            unit,
+            time,
+            nodes: nodes.into_iter().collect(),
+            need_cpus: shape.big,
+            computed_at: now.0,
+        })
     }
 
     /// Earliest time `node` has `cpus` and `mem` free, from running jobs' deadlines.
@@ -654,7 +701,11 @@ impl Core {
             if aspec.max_running.is_some_and(|m| live.active >= m) {
                 return (
                     Some("ArrayTaskLimit".into()),
-                    Some(format!("the array already runs {} children, its %{} limit", live.active, aspec.max_running.unwrap_or(0))),
+                    Some(format!(
+                        "the array already runs {} children, its %{} limit",
+                        live.active,
+                        aspec.max_running.unwrap_or(0)
+                    )),
                 );
             }
         }
@@ -713,13 +764,20 @@ impl Core {
             if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec)) {
                 return (
                     Some("FairShare".into()),
-                    Some("the policy's computeReservation keeps the remaining CPUs for shares that have no jobs yet".into()),
+                    Some(
+                        "the policy's computeReservation keeps the remaining CPUs for shares that have no jobs yet"
+                            .into(),
+                    ),
                 );
             }
         }
         match &self.reservation {
-            Some(r) => (Some("Priority".into()), Some(format!("waiting behind job {}, which is first in line", r.unit))),
-            None => (Some("Resources".into()), Some("waiting for free CPUs in its queue's compute environments".into())),
+            Some(r) => {
+                (Some("Priority".into()), Some(format!("waiting behind job {}, which is first in line", r.unit)))
+            }
+            None => {
+                (Some("Resources".into()), Some("waiting for free CPUs in its queue's compute environments".into()))
+            }
         }
     }
 }
@@ -731,7 +789,7 @@ fn switch_of(n: &Node) -> String {
 
 /// Fill the big tier (nodes that take one extra task) and the small tier from
 /// candidates in preference order. None if they cannot be filled.
-fn pick_tiers(cands: impl Iterator<Item = (u32, NodeId)>, shape: &Shape) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+fn pick_tiers(cands: impl Iterator<Item = (u32, NodeId)>, shape: &Shape) -> Option<Tiers> {
     let extra = shape.extra as usize;
     let n_small = shape.nodes as usize - extra;
     let mut big = Vec::with_capacity(extra);

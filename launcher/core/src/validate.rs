@@ -108,8 +108,13 @@ mod tests {
             (Box::new(|s| s.env.push(("A=B".into(), "c".into()))), "no '='"),
             (
                 Box::new(|s| {
-                    s.array =
-                        Some(launcher_proto::ArraySpec { start: 5, end: 1, step: 1, max_running: None, sequential: false })
+                    s.array = Some(launcher_proto::ArraySpec {
+                        start: 5,
+                        end: 1,
+                        step: 1,
+                        max_running: None,
+                        sequential: false,
+                    })
                 }),
                 "before the start",
             ),

@@ -286,7 +286,8 @@ pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
     let client = Client::connect(cred).await?;
     match cmd {
         CeCmd::Create { name, sel, strategy, disabled } => {
-            let selector = sel.selector()?.ok_or_else(|| usage("give the nodes: --nodes HOSTLIST, --feature F or --all-nodes"))?;
+            let selector =
+                sel.selector()?.ok_or_else(|| usage("give the nodes: --nodes HOSTLIST, --feature F or --all-nodes"))?;
             let strategy: Strategy = strategy.parse().map_err(usage)?;
             done(&client, AdminOp::CeCreate(CeDef { name, enabled: !disabled, selector, strategy })).await
         }
@@ -314,7 +315,8 @@ pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
             if json {
                 print_json(&v)?;
             } else {
-                let mut out = format!("{:<16} {:<9} {:<9} {:>5}  {}\n", "NAME", "STATE", "STRATEGY", "NODES", "SELECTOR");
+                let mut out =
+                    format!("{:<16} {:<9} {:<9} {:>5}  {}\n", "NAME", "STATE", "STRATEGY", "NODES", "SELECTOR");
                 for c in &v {
                     let _ = writeln!(
                         out,
@@ -343,7 +345,10 @@ pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
                 println!("State:     {}", state(c.def.enabled));
                 println!("Strategy:  {}", c.def.strategy.as_str());
                 println!("Selector:  {}", selector_text(&c.def.selector));
-                println!("Nodes:     {}", if c.nodes.is_empty() { "(none yet)".into() } else { nodeagent::hostlist::compress(&c.nodes) });
+                println!(
+                    "Nodes:     {}",
+                    if c.nodes.is_empty() { "(none yet)".into() } else { nodeagent::hostlist::compress(&c.nodes) }
+                );
             }
             Ok(exit::OK)
         }
@@ -434,7 +439,8 @@ pub async fn queue_admin(cred: Option<PathBuf>, cmd: QueueCmd) -> Result<i32> {
 fn parse_shares(v: &[String]) -> Result<Vec<ShareWeight>> {
     v.iter()
         .map(|s| {
-            let (id, w) = s.split_once('=').ok_or_else(|| usage(format!("--share {s:?}: expected ID=WEIGHT, e.g. teamA=0.5")))?;
+            let (id, w) =
+                s.split_once('=').ok_or_else(|| usage(format!("--share {s:?}: expected ID=WEIGHT, e.g. teamA=0.5")))?;
             let w: f64 = w.parse().map_err(|_| usage(format!("--share {s:?}: the weight must be a number")))?;
             if !(0.0001..=999.9999).contains(&w) {
                 return Err(usage(format!("--share {s:?}: the weight must be between 0.0001 and 999.9999")));
@@ -482,9 +488,18 @@ pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
             } else {
                 println!("{:<16} {:>12} {:>12}  SHARES (ID=WEIGHT)", "NAME", "DECAY(s)", "RESERVE(%)");
                 for p in &v {
-                    let shares: Vec<String> =
-                        p.shares.iter().map(|s| format!("{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0)).collect();
-                    println!("{:<16} {:>12} {:>12}  {}", p.name, p.share_decay_s, p.compute_reservation, shares.join(" "));
+                    let shares: Vec<String> = p
+                        .shares
+                        .iter()
+                        .map(|s| format!("{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0))
+                        .collect();
+                    println!(
+                        "{:<16} {:>12} {:>12}  {}",
+                        p.name,
+                        p.share_decay_s,
+                        p.compute_reservation,
+                        shares.join(" ")
+                    );
                 }
             }
             Ok(exit::OK)
@@ -570,7 +585,8 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
     let script = match &f.script {
         Some(s) => {
             let p = path.parent().unwrap_or(Path::new(".")).join(s);
-            let t = std::fs::read_to_string(&p).with_context(|| format!("script {} of {}", p.display(), path.display()))?;
+            let t =
+                std::fs::read_to_string(&p).with_context(|| format!("script {} of {}", p.display(), path.display()))?;
             Some((s.clone(), t))
         }
         None => None,
@@ -588,7 +604,10 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
 /// Find a job definition: `NAME` (latest active revision) or `NAME:REV`.
 pub async fn fetch_jobdef(client: &Client, name: &str) -> Result<JobDef> {
     let (n, rev) = match name.split_once(':') {
-        Some((n, r)) => (n, Some(r.parse::<u32>().map_err(|_| usage(format!("--jobdef {name:?}: expected NAME or NAME:REVISION")))?)),
+        Some((n, r)) => (
+            n,
+            Some(r.parse::<u32>().map_err(|_| usage(format!("--jobdef {name:?}: expected NAME or NAME:REVISION")))?),
+        ),
         None => (name, None),
     };
     let defs = match check(client.call(&Request::Jobdefs { name: Some(n.into()), all: true }).await?)? {
@@ -641,7 +660,10 @@ pub async fn jobdef(cred: Option<PathBuf>, cmd: JobdefCmd) -> Result<i32> {
             if json {
                 print_json(&v)?;
             } else {
-                println!("{:<24} {:>4} {:<7} {:>5} {:>6} {:<12} COMMAND", "NAME", "REV", "STATUS", "NODES", "TASKS", "QUEUE");
+                println!(
+                    "{:<24} {:>4} {:<7} {:>5} {:>6} {:<12} COMMAND",
+                    "NAME", "REV", "STATUS", "NODES", "TASKS", "QUEUE"
+                );
                 for d in &v {
                     let cmd = if d.spec.script.is_some() { "(script)".to_string() } else { d.spec.command.join(" ") };
                     println!(

@@ -198,10 +198,7 @@ impl JobArgs {
             array,
             retry,
             share: self.share.clone().or_else(|| base.and_then(|b| b.share.clone())),
-            scheduling_priority: self
-                .scheduling_priority
-                .or(base.map(|b| b.scheduling_priority))
-                .unwrap_or(0),
+            scheduling_priority: self.scheduling_priority.or(base.map(|b| b.scheduling_priority)).unwrap_or(0),
             jobdef: base.and_then(|b| b.jobdef.clone()),
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
@@ -250,7 +247,8 @@ pub fn parse_depend(v: &str) -> Result<(Vec<launcher_proto::Dependency>, bool)> 
             bail!("--depend {part:?}: name at least one job id, e.g. afterok:12");
         }
         for id in ids {
-            let job: JobId = id.parse().map_err(|e: String| anyhow!("--depend {part:?}: {e}; an array child is ID_INDEX"))?;
+            let job: JobId =
+                id.parse().map_err(|e: String| anyhow!("--depend {part:?}: {e}; an array child is ID_INDEX"))?;
             out.push(Dependency { kind: kind.expect("set above"), job });
         }
     }

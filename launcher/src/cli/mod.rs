@@ -22,8 +22,11 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
     ids.iter()
         .map(|s| {
-            s.parse::<JobId>()
-                .map_err(|_| usage(format!("{s:?} is not a job id (job ids are numbers as printed by submit; an array child is ID:INDEX)")))
+            s.parse::<JobId>().map_err(|_| {
+                usage(format!(
+                    "{s:?} is not a job id (job ids are numbers as printed by submit; an array child is ID:INDEX)"
+                ))
+            })
         })
         .collect()
 }

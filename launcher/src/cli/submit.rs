@@ -38,7 +38,12 @@ pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Res
 }
 
 /// [`build_spec`] on top of a job definition's template.
-pub fn build_spec_over(flags: JobArgs, target: Target, programs_on_path: bool, base: Option<&JobSpec>) -> Result<JobSpec> {
+pub fn build_spec_over(
+    flags: JobArgs,
+    target: Target,
+    programs_on_path: bool,
+    base: Option<&JobSpec>,
+) -> Result<JobSpec> {
     if target.args.is_empty() && base.is_some() {
         return flags.to_spec_over(base, Vec::new(), None).map_err(|e| usage(format!("{e:#}")));
     }
@@ -187,7 +192,13 @@ pub async fn follow(client: &Client, job: JobId, rank: Option<u32>, label: bool,
 }
 
 /// `launcher run`: submit, stream output, exit with the job's code; Ctrl-C cancels.
-pub async fn run(cred: Option<PathBuf>, flags: JobArgs, target: Target, label: bool, jobdef: Option<String>) -> Result<i32> {
+pub async fn run(
+    cred: Option<PathBuf>,
+    flags: JobArgs,
+    target: Target,
+    label: bool,
+    jobdef: Option<String>,
+) -> Result<i32> {
     if jobdef.is_none() {
         build_spec(flags.clone(), Target { command_mode: target.command_mode, args: target.args.clone() }, true)?;
     }

@@ -84,7 +84,8 @@ impl Store {
             let mut put_node =
                 tx.prepare_cached("INSERT OR REPLACE INTO nodes (id, name, data) VALUES (?1, ?2, ?3)")?;
             let mut put_event = tx.prepare_cached("INSERT INTO events (job, time, text) VALUES (?1, ?2, ?3)")?;
-            let mut put_def = tx.prepare_cached("INSERT OR REPLACE INTO defs (kind, name, data) VALUES (?1, ?2, ?3)")?;
+            let mut put_def =
+                tx.prepare_cached("INSERT OR REPLACE INTO defs (kind, name, data) VALUES (?1, ?2, ?3)")?;
             let mut del_def = tx.prepare_cached("DELETE FROM defs WHERE kind = ?1 AND name = ?2")?;
             for (i, r) in records.iter().enumerate() {
                 match r {
@@ -268,7 +269,7 @@ mod tests {
         let (nodes, jobs) = s.load().unwrap();
         assert!(nodes.is_empty());
         assert_eq!(jobs.len(), 3);
-        let core2 = Core::restore(Config::default(), Time(6), nodes, jobs);
+        let core2 = Core::restore(Config::default(), Time(6), nodes, jobs, Default::default());
         core2.sanity_check();
         assert_eq!(core2.job_infos(false).len(), 3);
     }
