@@ -307,7 +307,8 @@ impl<S: Read + Write> Client<S> {
     /// the connection closes without that happening.
     pub fn abort(&mut self, code: i32, message: &str) -> Result<(), PmiError> {
         let message: String = message.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
-        let line = if message.trim().is_empty() {
+        // Open MPI passes "N/A" when MPI_Abort has no message.
+        let line = if message.trim().is_empty() || message.trim() == "N/A" {
             format!("cmd=abort exitcode={code}")
         } else {
             format!("cmd=abort exitcode={code} message={}", message.trim())
