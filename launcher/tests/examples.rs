@@ -50,6 +50,8 @@ fn every_example_runs_as_documented() {
         ran += 1;
     }
     assert!(ran >= 4, "found only {ran} examples");
+    // The #REQUIRES check itself.
+    assert!(on_path("sh") && !on_path("launcher-no-such-program"));
     // hello.sh's 8 ranks landed on 4 distinct nodes.
     let out = c.cli(&["run", "-l", dir.join("hello.sh").to_str().unwrap()]);
     let hosts: std::collections::BTreeSet<String> =
