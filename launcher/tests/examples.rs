@@ -1,4 +1,6 @@
 //! Every script in examples/ runs on a local cluster and meets its `#EXPECT` line.
+//! A `#REQUIRES prog...` line names programs the example needs on PATH (an MPI
+//! compiler, python3); without them the example is skipped with a SKIP line.
 
 mod common;
 
@@ -21,6 +23,16 @@ fn every_example_runs_as_documented() {
             .lines()
             .find_map(|l| l.strip_prefix("#EXPECT "))
             .unwrap_or_else(|| panic!("{} has no #EXPECT line", path.display()));
+        let missing: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#REQUIRES "))
+            .flat_map(str::split_whitespace)
+            .filter(|prog| !on_path(prog))
+            .collect();
+        if !missing.is_empty() {
+            println!("SKIP: {}: {} not found on PATH", path.display(), missing.join(", "));
+            continue;
+        }
         let mut exit = None;
         let mut lines = None;
         for kv in expect.split_whitespace() {
@@ -38,6 +50,8 @@ fn every_example_runs_as_documented() {
         ran += 1;
     }
     assert!(ran >= 4, "found only {ran} examples");
+    // The #REQUIRES check itself.
+    assert!(on_path("sh") && !on_path("launcher-no-such-program"));
     // hello.sh's 8 ranks landed on 4 distinct nodes.
     let out = c.cli(&["run", "-l", dir.join("hello.sh").to_str().unwrap()]);
     let hosts: std::collections::BTreeSet<String> =
@@ -45,4 +59,13 @@ fn every_example_runs_as_documented() {
     if netns {
         assert_eq!(hosts.len(), 4, "{}", stdout(&out));
     }
+}
+
+/// Whether `prog` is an executable file in a PATH directory.
+fn on_path(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .any(|p| std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }

@@ -150,6 +150,47 @@ pub fn task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32) -> Ve
     out
 }
 
+/// File name of the PMI-1 client library (the `launcher-pmi` crate).
+pub const PMI_LIBRARY_NAME: &str = "liblauncher_pmi.so";
+
+/// The PMI-1 client library handed to Open MPI ranks, found once per agent:
+/// `$LAUNCHER_PMI_LIBRARY`, else next to this executable (also in its `deps/`,
+/// where `cargo test` leaves it), else in `<exe dir>/../lib/launcher/`.
+pub fn pmi_library() -> Option<PathBuf> {
+    static LIB: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let found =
+            find_pmi_library(std::env::var_os("LAUNCHER_PMI_LIBRARY").map(PathBuf::from), std::env::current_exe().ok());
+        match &found {
+            Some(p) => tracing::info!("PMI-1 client library for Open MPI: {}", p.display()),
+            None => tracing::info!(
+                "no {PMI_LIBRARY_NAME} found (set LAUNCHER_PMI_LIBRARY): Open MPI ranks cannot be launched directly"
+            ),
+        }
+        found
+    })
+    .clone()
+}
+
+/// [`pmi_library`]'s search, given `$LAUNCHER_PMI_LIBRARY` and the executable's path.
+pub fn find_pmi_library(explicit: Option<PathBuf>, exe: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        if p.is_file() {
+            return std::fs::canonicalize(&p).ok().or(Some(p));
+        }
+        tracing::warn!("LAUNCHER_PMI_LIBRARY={} is not a file; looking next to the agent instead", p.display());
+    }
+    let dir = exe?.parent()?.to_path_buf();
+    [
+        dir.join(PMI_LIBRARY_NAME),
+        dir.join("deps").join(PMI_LIBRARY_NAME),
+        dir.join("../lib/launcher").join(PMI_LIBRARY_NAME),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .and_then(|p| std::fs::canonicalize(&p).ok())
+}
+
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
@@ -257,6 +298,18 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 .env("PMI_RANK", rank.to_string())
                 .env("PMI_SIZE", spec.tasks.to_string())
                 .env("PMI_JOBID", format!("kvs_{}_{}", msg.job, msg.attempt));
+            // Open MPI 4.1 has no PMI-1 client of its own: with FLUX_JOB_ID set,
+            // its pmix/flux component loads ours (docs/mpi.md). MPICH ignores both.
+            // The user's --env wins, as for every variable.
+            if let Some(lib) = pmi_library() {
+                let user_sets = |k: &str| spec.env.iter().any(|(name, _)| name == k);
+                if !user_sets("FLUX_JOB_ID") {
+                    cmd.env("FLUX_JOB_ID", msg.job.0.to_string());
+                }
+                if !user_sets("FLUX_PMI_LIBRARY_PATH") {
+                    cmd.env("FLUX_PMI_LIBRARY_PATH", &lib);
+                }
+            }
         }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
         let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
@@ -584,6 +637,30 @@ mod tests {
     fn patterns() {
         assert_eq!(expand_pattern("out-%j-%t-%N.%x.%%", JobId(7), 3, "n1", 0, "hello"), "out-7-3-n1.hello.%");
         assert_eq!(expand_pattern("%q%", JobId(1), 0, "", 0, ""), "%q%");
+    }
+
+    #[test]
+    fn pmi_library_search_order() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir_all(bin.join("deps")).unwrap();
+        std::fs::create_dir_all(d.path().join("lib/launcher")).unwrap();
+        let exe = Some(bin.join("launcher"));
+        assert_eq!(find_pmi_library(None, exe.clone()), None);
+        let installed = d.path().join("lib/launcher").join(PMI_LIBRARY_NAME);
+        std::fs::write(&installed, b"").unwrap();
+        assert_eq!(find_pmi_library(None, exe.clone()), Some(installed.canonicalize().unwrap()));
+        let in_deps = bin.join("deps").join(PMI_LIBRARY_NAME);
+        std::fs::write(&in_deps, b"").unwrap();
+        assert_eq!(find_pmi_library(None, exe.clone()), Some(in_deps.canonicalize().unwrap()));
+        let beside = bin.join(PMI_LIBRARY_NAME);
+        std::fs::write(&beside, b"").unwrap();
+        assert_eq!(find_pmi_library(None, exe.clone()), Some(beside.canonicalize().unwrap()));
+        let explicit = d.path().join("mine.so");
+        std::fs::write(&explicit, b"").unwrap();
+        assert_eq!(find_pmi_library(Some(explicit.clone()), exe.clone()), Some(explicit.canonicalize().unwrap()));
+        // A wrong explicit path falls back to the search (with a warning).
+        assert_eq!(find_pmi_library(Some(d.path().join("nope.so")), exe), Some(beside.canonicalize().unwrap()));
     }
 
     #[test]

@@ -618,6 +618,22 @@ fn choose_subnet(ip: &Path) -> anyhow::Result<u8> {
         .ok_or_else(|| anyhow!("no free 10.77.X.0/24 subnet for a namespace cluster"))
 }
 
+/// `(rx_bytes, tx_bytes)` of the root-namespace end of node `i`'s veth in the
+/// cluster whose bridge is `bridge` (`lb<tag>`, as `launcher up` prints it).
+/// What the node sends, this end receives: rx here is the node's tx. Needs no
+/// namespace switch, so another process (a test) can read a running cluster's
+/// counters.
+pub fn host_veth_traffic(bridge: &str, i: usize) -> anyhow::Result<(u64, u64)> {
+    let tag = bridge.strip_prefix("lb").ok_or_else(|| anyhow!("{bridge:?} is not a launcher bridge name (lb<tag>)"))?;
+    let dir = Path::new("/sys/class/net").join(format!("lv{tag}n{i}")).join("statistics");
+    let read = |what: &str| -> anyhow::Result<u64> {
+        let p = dir.join(what);
+        let s = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        s.trim().parse::<u64>().with_context(|| format!("parsing {} ({s:?})", p.display()))
+    };
+    Ok((read("rx_bytes")?, read("tx_bytes")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,8 @@ pub struct Cluster {
     pub cred: PathBuf,
     pub dir: tempfile::TempDir,
     pub netns: bool,
+    /// With namespaces: the bridge name (`lb<tag>`) and its address, from `launcher up`'s banner.
+    pub bridge: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -43,18 +45,41 @@ impl Cluster {
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = String::new();
+        let mut bridge = None;
         let cred = loop {
             assert!(Instant::now() < deadline, "launcher up did not become ready:\n{seen}");
             let Some(Ok(line)) = lines.next() else { panic!("launcher up exited early:\n{seen}") };
             seen.push_str(&line);
             seen.push('\n');
+            // "... each in its own network namespace on bridge lbXXXXX (10.77.N.1/24)"
+            if let Some(rest) = line.split(" on bridge ").nth(1) {
+                let mut w = rest.split_whitespace();
+                if let (Some(name), Some(addr)) = (w.next(), w.next()) {
+                    let addr = addr.trim_start_matches('(').split('/').next().unwrap_or_default();
+                    bridge = Some((name.to_string(), addr.to_string()));
+                }
+            }
             if let Some(p) = line.trim().strip_prefix("export LAUNCHER_CRED=") {
                 break PathBuf::from(p);
             }
         };
         // Keep draining stderr so the cluster never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Cluster { child, cred, dir, netns }
+        Cluster { child, cred, dir, netns, bridge }
+    }
+
+    /// The nodes' subnet as a CIDR (`10.77.N.0/24`), with namespaces.
+    pub fn subnet(&self) -> Option<String> {
+        let (_, gw) = self.bridge.as_ref()?;
+        let (net, _) = gw.rsplit_once('.')?;
+        Some(format!("{net}.0/24"))
+    }
+
+    /// Bytes node `i` has sent and received over its veth so far, with namespaces.
+    pub fn node_traffic(&self, i: usize) -> Option<(u64, u64)> {
+        let (bridge, _) = self.bridge.as_ref()?;
+        let (rx, tx) = launcher::up::netns::host_veth_traffic(bridge, i).expect("veth counters");
+        Some((rx, tx))
     }
 
     /// Run the CLI with this cluster's credential.
