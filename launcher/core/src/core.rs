@@ -58,6 +58,20 @@ pub enum Record {
     Policy(PolicyDef),
     /// Upsert a job definition revision.
     Jobdef(Box<JobDef>),
+    /// One array child's state changed (the parent's record is written only
+    /// at submit and at its end, so a child costs O(1) to persist).
+    Child {
+        /// The array.
+        parent: JobId,
+        /// Position of the child.
+        pos: u32,
+        /// Its state.
+        state: ChildState,
+        /// Attempts made.
+        attempts: u32,
+        /// How it failed.
+        end: Option<crate::job::ChildEnd>,
+    },
     /// Delete a compute environment, queue or policy (`kind` is `ce`, `queue` or `policy`).
     Deleted {
         /// What kind.
@@ -153,6 +167,8 @@ pub(crate) struct ArrLive {
     pub(crate) runnable: BTreeSet<u32>,
     /// Active children.
     pub(crate) active: u32,
+    /// Children per state (indexed by `ChildState as usize`).
+    pub(crate) counts: [u32; 6],
 }
 
 /// The controller's whole state.
@@ -340,6 +356,7 @@ impl Core {
                     ChildState::Active => live.active += 1,
                     _ => {}
                 }
+                live.counts[*s as usize] += 1;
             }
             let has_runnable = !live.runnable.is_empty();
             self.arrays.insert(id, live);
@@ -450,7 +467,10 @@ impl Core {
         let is_array = job.array.is_some();
         self.jobs.insert(id, job);
         if is_array {
-            self.arrays.insert(id, ArrLive::default());
+            let mut live = ArrLive::default();
+            live.counts[ChildState::Pending as usize] =
+                self.jobs[&id].array.as_ref().map_or(0, |a| a.states.len() as u32);
+            self.arrays.insert(id, live);
         }
         for d in &deps {
             self.add_waiter(id, d);
@@ -458,10 +478,9 @@ impl Core {
         self.dep_wait.insert(id);
         // Decides PENDING / RUNNABLE / FAILED and persists the record.
         self.reevaluate(now, fx, id);
-        if self.jobs[&id].state == JobState::Pending && self.dep_wait.contains(&id) {
-            let job = &self.jobs[&id];
-            fx.persist(Record::Job(Box::new(job.clone())));
-        }
+        // The whole record once, after every decision above (an array's
+        // children included), so a submit costs one row however large the array.
+        fx.persist(Record::Job(Box::new(self.jobs[&id].clone())));
         fx.job_changed(id);
         self.drain(now, fx);
         SubmitOutcome::Accepted(id)
@@ -708,7 +727,7 @@ impl Core {
             .map(|p| id.child(spec.index_at(p)))
             .collect();
         for p in waiting {
-            self.set_child_state(id, p, ChildState::Cancelled);
+            self.set_child_state(fx, id, p, ChildState::Cancelled);
         }
         self.dep_wait.remove(&id);
         self.unqueue(id);
@@ -731,7 +750,7 @@ impl Core {
         match state {
             ChildState::Pending | ChildState::Runnable => {
                 let pos = self.child_pos(id).expect("known child");
-                self.set_child_state(parent, pos, ChildState::Cancelled);
+                self.set_child_state(fx, parent, pos, ChildState::Cancelled);
                 if let Some(l) = self.arrays.get_mut(&parent) {
                     l.runnable.remove(&pos);
                     if l.runnable.is_empty() {
@@ -854,15 +873,13 @@ impl Core {
             array: None,
         };
         self.jobs.insert(child.id, child);
-        self.set_child_state(parent, pos, ChildState::Active);
+        self.set_child_state(fx, parent, pos, ChildState::Active);
         let live = self.arrays.get_mut(&parent).expect("array live state");
         live.runnable.remove(&pos);
         live.active += 1;
         if live.runnable.is_empty() {
             self.unqueue(parent);
         }
-        let p = &self.jobs[&parent];
-        fx.persist(Record::Job(Box::new(p.clone())));
     }
 
     pub(crate) fn launch_msg(&self, id: JobId, node: NodeId) -> LaunchMsg {
@@ -1061,14 +1078,13 @@ impl Core {
                 fx.persist(Record::Job(Box::new(job.clone())));
                 self.jobs.remove(&id);
                 let pos = self.child_pos_of(parent, index);
-                self.set_child_state(parent, pos, ChildState::Runnable);
                 let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
                 arr.attempts.insert(pos, attempts);
+                self.set_child_state(fx, parent, pos, ChildState::Runnable);
                 let live = self.arrays.get_mut(&parent).expect("array live");
                 live.active -= 1;
                 live.runnable.insert(pos);
                 self.enqueue(parent);
-                fx.persist(Record::Job(Box::new(self.jobs[&parent].clone())));
                 fx.job_changed(id);
             } else {
                 fx.persist(Record::Job(Box::new(job.clone())));
@@ -1091,11 +1107,11 @@ impl Core {
             self.jobs.remove(&id);
             let pos = self.child_pos_of(parent, index);
             let state = if ok { ChildState::Succeeded } else { ChildState::Failed };
-            self.set_child_state(parent, pos, state);
             if let Some(f) = fail {
                 let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
                 arr.ends.insert(pos, crate::job::ChildEnd { exit_code: code, fail: f });
             }
+            self.set_child_state(fx, parent, pos, state);
             self.arrays.get_mut(&parent).expect("array live").active -= 1;
             self.child_ended(now, fx, id);
             self.array_progress(now, fx, parent);
@@ -1111,19 +1127,19 @@ impl Core {
 
     /// Recount an array after a child changed; end the parent when every child has.
     pub(crate) fn array_progress(&mut self, now: Time, fx: &mut impl Effects, parent: JobId) {
+        let counts = self.arrays[&parent].counts;
         let p = self.jobs.get_mut(&parent).expect("array parent");
         let arr = p.array.as_ref().expect("array");
         if p.state.is_terminal() {
             return;
         }
-        if !arr.states.iter().all(|s| s.is_terminal()) {
-            fx.persist(Record::Job(Box::new(p.clone())));
+        let total = arr.states.len() as u32;
+        let failed = counts[ChildState::Failed as usize];
+        let cancelled = counts[ChildState::Cancelled as usize];
+        if failed + cancelled + counts[ChildState::Succeeded as usize] < total {
             fx.job_changed(parent);
             return;
         }
-        let failed = arr.states.iter().filter(|s| **s == ChildState::Failed).count() as u32;
-        let cancelled = arr.states.iter().filter(|s| **s == ChildState::Cancelled).count() as u32;
-        let total = arr.states.len() as u32;
         if failed == 0 && cancelled == 0 {
             p.state = JobState::Succeeded;
             p.exit_code = Some(0);
@@ -1177,9 +1193,21 @@ impl Core {
         self.jobs[&id.parent()].array.as_ref()?.states.get(pos as usize).copied()
     }
 
-    pub(crate) fn set_child_state(&mut self, parent: JobId, pos: u32, s: ChildState) {
+    /// Change one child's state (after its attempts/end are set) and persist just that child.
+    pub(crate) fn set_child_state(&mut self, fx: &mut impl Effects, parent: JobId, pos: u32, s: ChildState) {
         let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
-        arr.states[pos as usize] = s;
+        let old = std::mem::replace(&mut arr.states[pos as usize], s);
+        let rec = Record::Child {
+            parent,
+            pos,
+            state: s,
+            attempts: arr.attempts.get(&pos).copied().unwrap_or(0),
+            end: arr.ends.get(&pos).cloned(),
+        };
+        let live = self.arrays.get_mut(&parent).expect("array live");
+        live.counts[old as usize] -= 1;
+        live.counts[s as usize] += 1;
+        fx.persist(rec);
     }
 
     /// Put a waiting entry (plain job or array parent) in its queue, or aside
@@ -1421,6 +1449,11 @@ impl Core {
                 assert_eq!(live.runnable, runnable, "array {} runnable children", job.id);
                 let active_n = arr.states.iter().filter(|s| **s == ChildState::Active).count() as u32;
                 assert_eq!(live.active, active_n, "array {} active children", job.id);
+                let mut counts = [0u32; 6];
+                for st in &arr.states {
+                    counts[*st as usize] += 1;
+                }
+                assert_eq!(live.counts, counts, "array {} state counts", job.id);
                 let aspec = job.spec.array.as_ref().expect("array spec");
                 for p in 0..arr.states.len() as u32 {
                     let c = job.id.child(aspec.index_at(p));

@@ -201,7 +201,7 @@ impl Core {
         match self.child_dep_status(a, pos) {
             DepStatus::Waiting => {}
             DepStatus::Satisfied => {
-                self.set_child_state(a, pos, ChildState::Runnable);
+                self.set_child_state(fx, a, pos, ChildState::Runnable);
                 let live = self.arrays.get_mut(&a).expect("array live");
                 let was_empty = live.runnable.is_empty();
                 live.runnable.insert(pos);
@@ -213,11 +213,10 @@ impl Core {
             DepStatus::Never(why) => {
                 let index = self.jobs[&a].spec.array.as_ref().expect("array").index_at(pos);
                 let fail = FailReason::DependencyNeverSatisfied { dep: "array".into(), why };
-                self.set_child_state(a, pos, ChildState::Failed);
                 let arr = self.jobs.get_mut(&a).and_then(|j| j.array.as_mut()).expect("array");
                 arr.ends.insert(pos, ChildEnd { exit_code: 1, fail });
+                self.set_child_state(fx, a, pos, ChildState::Failed);
                 self.ended.push_back(a.child(index));
-                let _ = fx;
             }
         }
     }
@@ -237,18 +236,18 @@ impl Core {
     fn fail_unrunnable(&mut self, now: Time, fx: &mut impl Effects, id: JobId, fail: FailReason) {
         self.unqueue(id);
         let job = self.jobs.get_mut(&id).expect("job");
-        if let (Some(arr), Some(aspec)) = (job.array.as_mut(), job.spec.array.as_ref()) {
-            let mut ended = Vec::new();
-            for (pos, s) in arr.states.iter_mut().enumerate() {
-                if matches!(s, ChildState::Pending | ChildState::Runnable) {
-                    *s = ChildState::Failed;
-                    arr.ends.insert(pos as u32, ChildEnd { exit_code: 1, fail: fail.clone() });
-                    ended.push(id.child(aspec.index_at(pos as u32)));
-                }
+        if let (Some(arr), Some(aspec)) = (job.array.as_ref(), job.spec.array.clone()) {
+            let waiting: Vec<u32> = (0..arr.states.len() as u32)
+                .filter(|&p| matches!(arr.states[p as usize], ChildState::Pending | ChildState::Runnable))
+                .collect();
+            job.fail = Some(fail.clone());
+            for pos in waiting {
+                let arr = self.jobs.get_mut(&id).and_then(|j| j.array.as_mut()).expect("array");
+                arr.ends.insert(pos, ChildEnd { exit_code: 1, fail: fail.clone() });
+                self.set_child_state(fx, id, pos, ChildState::Failed);
+                self.ended.push_back(id.child(aspec.index_at(pos)));
             }
-            job.fail = Some(fail);
             self.arrays.get_mut(&id).expect("array live").runnable.clear();
-            self.ended.extend(ended);
             self.array_progress(now, fx, id);
             return;
         }

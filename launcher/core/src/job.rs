@@ -153,6 +153,7 @@ pub struct Job {
 
 /// Where one array child stands; one byte per child in the parent's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
 pub enum ChildState {
     /// Waiting on a dependency (the parent's, SEQUENTIAL's or N_TO_N's).
     Pending,
@@ -183,6 +184,25 @@ impl ChildState {
             ChildState::Succeeded => JobState::Succeeded,
             ChildState::Failed => JobState::Failed,
             ChildState::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+impl ArrayState {
+    /// Apply a persisted child record (see `Record::Child`) to a loaded parent.
+    pub fn apply_child(&mut self, pos: u32, state: ChildState, attempts: u32, end: Option<ChildEnd>) {
+        let Some(slot) = self.states.get_mut(pos as usize) else { return };
+        *slot = state;
+        if attempts > 0 {
+            self.attempts.insert(pos, attempts);
+        }
+        match end {
+            Some(e) => {
+                self.ends.insert(pos, e);
+            }
+            None => {
+                self.ends.remove(&pos);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! The driver calls `commit` once per batch of inputs (group commit), so many
 //! concurrent submissions share one fsync.
 
-use launcher_core::{Defs, Job, NodeRecord, Record};
+use launcher_core::{ChildEnd, ChildState, Defs, Job, NodeRecord, Record};
 use launcher_proto::{decode, encode};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -61,7 +61,8 @@ impl Store {
              CREATE INDEX IF NOT EXISTS events_job ON events(job);
              CREATE TABLE IF NOT EXISTS certs (fingerprint TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));",
+             CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));
+             CREATE TABLE IF NOT EXISTS children (parent INTEGER NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (parent, pos));",
         )?;
         Ok(Store { conn })
     }
@@ -87,10 +88,17 @@ impl Store {
             let mut put_def =
                 tx.prepare_cached("INSERT OR REPLACE INTO defs (kind, name, data) VALUES (?1, ?2, ?3)")?;
             let mut del_def = tx.prepare_cached("DELETE FROM defs WHERE kind = ?1 AND name = ?2")?;
+            let mut put_child =
+                tx.prepare_cached("INSERT OR REPLACE INTO children (parent, pos, data) VALUES (?1, ?2, ?3)")?;
+            let mut del_children = tx.prepare_cached("DELETE FROM children WHERE parent = ?1")?;
             for (i, r) in records.iter().enumerate() {
                 match r {
                     Record::Job(j) if last_job.get(&j.id.0) == Some(&i) => {
                         put_job.execute(params![j.id.0 as i64, j.state.as_str(), encode(&**j)])?;
+                        if j.array.is_some() {
+                            // The full record holds every child: older child rows are stale.
+                            del_children.execute(params![j.id.0 as i64])?;
+                        }
                     }
                     Record::Job(_) => {}
                     Record::Node(n) => {
@@ -113,6 +121,15 @@ impl Store {
                     }
                     Record::Deleted { kind, name } => {
                         del_def.execute(params![kind, name])?;
+                    }
+                    // A child change the parent's full record later in this batch already holds.
+                    Record::Child { parent, .. } if last_job.get(&parent.0).is_some_and(|&j| j > i) => {}
+                    Record::Child { parent, pos, state, attempts, end } => {
+                        put_child.execute(params![
+                            parent.0 as i64,
+                            *pos as i64,
+                            encode(&(*state, *attempts, end.clone()))
+                        ])?;
                     }
                 }
             }
@@ -151,13 +168,27 @@ impl Store {
             let data: Vec<u8> = row.get(1)?;
             nodes.push(decode(&data).map_err(|source| StoreError::Decode { table: "nodes", id, source })?);
         }
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         let mut st = self.conn.prepare("SELECT id, data FROM jobs ORDER BY id")?;
         let mut rows = st.query([])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             let data: Vec<u8> = row.get(1)?;
             jobs.push(decode(&data).map_err(|source| StoreError::Decode { table: "jobs", id, source })?);
+        }
+        // Array children changed since their parent's record was written.
+        let by_id: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.0, i)).collect();
+        let mut st = self.conn.prepare("SELECT parent, pos, data FROM children ORDER BY parent, pos")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let parent: i64 = row.get(0)?;
+            let pos: i64 = row.get(1)?;
+            let data: Vec<u8> = row.get(2)?;
+            let (state, attempts, end): (ChildState, u32, Option<ChildEnd>) =
+                decode(&data).map_err(|source| StoreError::Decode { table: "children", id: parent, source })?;
+            if let Some(arr) = by_id.get(&(parent as u64)).and_then(|&i| jobs[i].array.as_mut()) {
+                arr.apply_child(pos as u32, state, attempts, end);
+            }
         }
         Ok((nodes, jobs))
     }
@@ -243,6 +274,52 @@ mod tests {
             self.0.push(r);
         }
         fn job_changed(&mut self, _: launcher_proto::JobId) {}
+    }
+
+    #[test]
+    fn array_children_are_rows_after_submit_and_come_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let mut core = Core::new(Config::default());
+        let mut fx = Fx::default();
+        let reg = launcher_proto::RegisterMsg {
+            name: "n1".into(),
+            inventory: launcher_proto::Inventory { cpus: 2, mem_mib: 100, ..Default::default() },
+            jobs: vec![],
+        };
+        core.on_register(Time(1), &mut fx, reg);
+        let spec = JobSpec {
+            queue: "default".into(),
+            nodes: 1,
+            tasks: 1,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            array: Some(launcher_proto::ArraySpec {
+                start: 0,
+                end: 9_999,
+                step: 1,
+                max_running: None,
+                sequential: false,
+            }),
+            ..Default::default()
+        };
+        let SubmitOutcome::Accepted(id) = core.on_submit(Time(5), &mut fx, spec, None) else { panic!() };
+        let mut s = Store::open(&p).unwrap();
+        s.commit(&fx.0).unwrap();
+        let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0, "a 10,000-child submit writes no child rows");
+        fx.0.clear();
+        core.schedule(Time(6), &mut fx);
+        s.commit(&fx.0).unwrap();
+        let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2, "one row per started child");
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        let (nodes, jobs) = s.load().unwrap();
+        let core2 = Core::restore(Config::default(), Time(7), nodes, jobs, Default::default());
+        core2.sanity_check();
+        let a = core2.job_info(id).unwrap().array.unwrap();
+        assert_eq!((a.running, a.runnable), (2, 9_998));
     }
 
     #[test]

@@ -159,6 +159,11 @@ pub fn restore_from(cfg: Config, now: Time, persisted: &[Record]) -> Core {
                 nodes.insert(n.id, n.clone());
             }
             Record::Event { .. } => {}
+            Record::Child { parent, pos, state, attempts, end } => {
+                if let Some(arr) = jobs.get_mut(parent).and_then(|j| j.array.as_mut()) {
+                    arr.apply_child(*pos, *state, *attempts, end.clone());
+                }
+            }
             Record::Ce(c) => {
                 ces.insert(c.name.clone(), c.clone());
             }
