@@ -118,9 +118,20 @@ pub struct Core {
     /// PMI fences in progress: (job, attempt, seq) → puts by node rank. Not
     /// persisted: agents resend an unanswered fence after reconnecting.
     fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
+    /// PMI finalize progress of running attempts (see [`Core::pmi_finalized`]).
+    /// Not persisted: after a controller restart the grace is simply not applied.
+    finalize: BTreeMap<JobId, FinalizeState>,
     next_job: u64,
     next_node: u32,
     next_generation: u64,
+}
+
+/// Which ranks of an attempt called `MPI_Finalize`, and whether the grace was sent.
+#[derive(Clone, Debug, Default)]
+struct FinalizeState {
+    attempt: u32,
+    ranks: BTreeSet<u32>,
+    grace_sent: bool,
 }
 
 /// Tasks per node for `tasks` spread block-wise over `nodes`.
@@ -144,6 +155,7 @@ impl Core {
             deadlines: BTreeSet::new(),
             unreachable: BTreeSet::new(),
             fences: BTreeMap::new(),
+            finalize: BTreeMap::new(),
             next_job: 1,
             next_node: 1,
             next_generation: 1,
@@ -402,8 +414,86 @@ impl Core {
                 let reason = j.fail.clone().expect("set above");
                 self.terminate(now, fx, job, reason);
             }
-            FromAgent::Output { .. } | FromAgent::Heartbeat { .. } => {}
+            FromAgent::PmiFinalized { job, attempt, ranks } => self.pmi_finalized(now, fx, job, attempt, &ranks),
+            FromAgent::PmiExitBeforeFinalize { job, attempt, rank, status } => {
+                self.pmi_exit_before_finalize(now, fx, job, attempt, rank, status)
+            }
+            FromAgent::Output { .. }
+            | FromAgent::Heartbeat { .. }
+            | FromAgent::ExecStart { .. }
+            | FromAgent::ExecOutput { .. }
+            | FromAgent::ExecExited { .. }
+            | FromAgent::ExecKill { .. } => {}
         }
+    }
+
+    /// Ranks of a job's PMI step called `MPI_Finalize`.
+    fn pmi_finalized(&mut self, now: Time, fx: &mut impl Effects, job: JobId, attempt: u32, ranks: &[u32]) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        if j.attempt != attempt || j.state.is_terminal() {
+            return;
+        }
+        let st = self.finalize.entry(job).or_default();
+        if st.attempt != attempt {
+            *st = FinalizeState { attempt, ..Default::default() };
+        }
+        st.ranks.extend(ranks.iter().copied().filter(|&r| r < j.spec.tasks));
+        self.check_finalize_grace(now, fx, job);
+    }
+
+    /// `--finalize-grace`: once every rank called `MPI_Finalize` and some rank
+    /// exited 0, tell every node still running ranks to kill the finalized
+    /// ones that linger past the grace (counted as exit 0). Debian MPICH over
+    /// UCX can hang in its finalize teardown after the work is done.
+    fn check_finalize_grace(&mut self, now: Time, fx: &mut impl Effects, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let Some(st) = self.finalize.get_mut(&id) else { return };
+        if job.state.is_terminal() || job.killing.is_some() || st.attempt != job.attempt || st.grace_sent {
+            return;
+        }
+        if (st.ranks.len() as u32) < job.spec.tasks || !job.exits.values().any(ExitStatus::success) {
+            return;
+        }
+        st.grace_sent = true;
+        let grace_s = job.spec.finalize_grace_s.unwrap_or(launcher_proto::DEFAULT_FINALIZE_GRACE_S);
+        if grace_s == 0 {
+            return;
+        }
+        let text = format!(
+            "every rank called MPI_Finalize and some exited 0: ranks still running after --finalize-grace {grace_s}s will be killed and counted as exit 0"
+        );
+        fx.persist(Record::Event { job: id, time: now, text });
+        for a in &job.alloc {
+            let done = (a.first_rank..a.first_rank + a.tasks).all(|r| job.exits.contains_key(&r));
+            if !done {
+                fx.send(
+                    a.node,
+                    ToAgent::FinalizeGrace { job: id, attempt: job.attempt, grace_ms: u64::from(grace_s) * 1000 },
+                );
+            }
+        }
+    }
+
+    /// A rank that started PMI exited before `MPI_Finalize`: the job fails and
+    /// its other ranks (blocked in a PMI barrier, typically) are stopped.
+    fn pmi_exit_before_finalize(
+        &mut self,
+        now: Time,
+        fx: &mut impl Effects,
+        job: JobId,
+        attempt: u32,
+        rank: u32,
+        status: ExitStatus,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) || j.killing.is_some() {
+            return;
+        }
+        if j.fail.is_none() {
+            j.fail = Some(FailReason::ExitBeforeFinalize { rank, status });
+        }
+        let reason = j.fail.clone().expect("set above");
+        self.terminate(now, fx, job, reason);
     }
 
     /// One node reached PMI fence `seq`; when all have, answer every node with
@@ -624,6 +714,7 @@ impl Core {
             let reason = job.fail.clone().expect("set above");
             self.terminate(now, fx, id, reason);
         }
+        self.check_finalize_grace(now, fx, id);
     }
 
     /// Mark every unfinished rank on `node` as lost, and terminate the rest.
@@ -684,6 +775,7 @@ impl Core {
             Some(FailReason::LaunchFailed { .. }) | Some(FailReason::NodeFail { .. }) => 255,
             Some(FailReason::Timeout) | Some(FailReason::Cancelled) => highest.max(1),
             Some(FailReason::MpiAbort { code, .. }) => (*code).clamp(1, 255),
+            Some(FailReason::ExitBeforeFinalize { status, .. }) => status.code().clamp(1, 255),
         });
         job.end_time = Some(now.0);
         if let Some(d) = job.deadline() {
@@ -697,6 +789,7 @@ impl Core {
         for k in stale {
             self.fences.remove(&k);
         }
+        self.finalize.remove(&id);
         for a in &job.alloc {
             if let Some(n) = self.nodes.get_mut(&a.node) {
                 n.alloc_cpus -= a.cpus;
