@@ -1,5 +1,6 @@
 //! The `Core` state machine: handlers, scheduling pass, queries, invariants.
 
+use crate::fence::FenceGather;
 use crate::job::{Alloc, FailReason, Job, NodeRecord};
 use crate::validate::validate_spec;
 use crate::Time;
@@ -8,9 +9,6 @@ use launcher_proto::{
     NodeInfo, NodeState, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
 };
 use std::collections::{BTreeMap, BTreeSet};
-
-/// PMI key-value puts, in put order.
-type Puts = Vec<(String, String)>;
 
 /// Tunables the driver passes in.
 #[derive(Clone, Debug)]
@@ -115,9 +113,9 @@ pub struct Core {
     deadlines: BTreeSet<(u64, JobId)>,
     /// (since, node) of unreachable nodes.
     unreachable: BTreeSet<(Time, NodeId)>,
-    /// PMI fences in progress: (job, attempt, seq) → puts by node rank. Not
-    /// persisted: agents resend an unanswered fence after reconnecting.
-    fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
+    /// PMI fences in progress, by (job, attempt, seq). Not persisted: agents
+    /// resend an unanswered fence after reconnecting.
+    fences: BTreeMap<(JobId, u32, u64), FenceGather>,
     /// PMI finalize progress of running attempts (see [`Core::pmi_finalized`]).
     /// Not persisted: after a controller restart the grace is simply not applied.
     finalize: BTreeMap<JobId, FinalizeState>,
@@ -402,7 +400,7 @@ impl Core {
             FromAgent::TaskExited { job, attempt, rank, status } => {
                 self.task_exited(now, fx, job, attempt, rank, status);
             }
-            FromAgent::Fence { job, attempt, seq, puts } => self.fence(fx, node, job, attempt, seq, puts),
+            FromAgent::Fence { job, attempt, seq, span, puts } => self.fence(fx, node, (job, attempt, seq), span, puts),
             FromAgent::MpiAbort { job, attempt, rank, code, message } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) {
@@ -496,15 +494,15 @@ impl Core {
         self.terminate(now, fx, job, reason);
     }
 
-    /// One node reached PMI fence `seq`; when all have, answer every node with
-    /// the merged puts (node-rank order, so every replica is identical).
+    /// Node ranks from `node`'s, `span` of them, reached PMI fence `seq`; when
+    /// all have, answer every contributor with the merged puts (node-rank
+    /// order, so every replica is identical; see [`crate::fence`]).
     fn fence(
         &mut self,
         fx: &mut impl Effects,
         node: NodeId,
-        job: JobId,
-        attempt: u32,
-        seq: u64,
+        (job, attempt, seq): (JobId, u32, u64),
+        span: u32,
         puts: Vec<(String, String)>,
     ) {
         let Some(j) = self.jobs.get(&job) else { return };
@@ -512,15 +510,16 @@ impl Core {
             return;
         }
         let Some(node_rank) = j.alloc.iter().position(|a| a.node == node) else { return };
-        let entry = self.fences.entry((job, attempt, seq)).or_default();
-        entry.entry(node_rank as u32).or_insert(puts);
-        if entry.len() < j.alloc.len() {
+        let gather = self.fences.entry((job, attempt, seq)).or_insert_with(|| FenceGather::new(j.alloc.len() as u32));
+        gather.add(node_rank as u32, span.max(1), puts);
+        if !gather.complete() {
             return;
         }
-        let merged: Vec<(String, String)> =
-            self.fences.remove(&(job, attempt, seq)).expect("present").into_values().flatten().collect();
-        for a in &j.alloc {
-            fx.send(a.node, ToAgent::FenceDone { job, attempt, seq, puts: merged.clone() });
+        let gather = self.fences.remove(&(job, attempt, seq)).expect("present");
+        let to: Vec<NodeId> = gather.contributors().map(|r| j.alloc[r as usize].node).collect();
+        let merged = gather.merged();
+        for n in to {
+            fx.send(n, ToAgent::FenceDone { job, attempt, seq, puts: merged.clone() });
         }
     }
 

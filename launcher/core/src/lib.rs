@@ -18,6 +18,7 @@
 //! set aside (reason `NoEligibleNodes`) instead of blocking the queue.
 
 mod core;
+pub mod fence;
 mod job;
 mod validate;
 

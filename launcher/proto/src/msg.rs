@@ -426,6 +426,11 @@ pub enum FromAgent {
         attempt: u32,
         /// Fence number, from 1, per attempt.
         seq: u64,
+        /// How many consecutive node ranks, from the sender's, `puts` covers:
+        /// 1 for the sender alone; a subtree root in a fence tree would send its
+        /// whole subtree's deltas, concatenated in node-rank order. The
+        /// controller answers only the nodes that contributed.
+        span: u32,
         /// Key-value puts, in put order.
         puts: Vec<(String, String)>,
     },

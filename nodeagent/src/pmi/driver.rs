@@ -260,7 +260,7 @@ pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, listener: Option
                                 Err(e) => tracing::warn!(job = %ctx.job, "PMI fence: {e}"),
                             }
                         } else {
-                            let msg = FromAgent::Fence { job: ctx.job, attempt: ctx.attempt, seq, puts };
+                            let msg = FromAgent::Fence { job: ctx.job, attempt: ctx.attempt, seq, span: 1, puts };
                             if let Some(r) =
                                 ctx.routes.lock().expect("pmi routes lock").get_mut(&(ctx.job, ctx.attempt))
                             {
