@@ -64,7 +64,7 @@ fn cluster(nodes: u32, ranks_per_node: u32) -> (Core, Vec<NodeId>, JobId) {
     };
     core.schedule(now, &mut fx);
     assert_eq!(fx.launches.len() as u32, nodes, "job started on every node");
-    for (node, job, attempt) in fx.launches.drain(..) {
+    for (node, job, attempt) in std::mem::take(&mut fx.launches) {
         core.on_agent(now, &mut fx, node, FromAgent::Started { job, attempt });
     }
     (core, ids, job)
