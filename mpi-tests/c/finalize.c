@@ -1,5 +1,6 @@
 /* MPI lifecycle cases for the launcher's PMI policy tests:
- *   finalize early-exit : rank 1 exits 0 right after MPI_Init; the others wait in a barrier
+ *   finalize early-exit : after a first barrier (so every rank is past MPI_Init), rank 1
+ *                         exits 0; the others wait in a second barrier
  *   finalize linger     : every rank finalizes, then rank 1 keeps running (a teardown hang)
  *   finalize            : init, allreduce, finalize
  * Every rank prints "rank R of N" after MPI_Init. */
@@ -18,6 +19,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "early-exit") == 0) {
+        MPI_Barrier(MPI_COMM_WORLD);
         if (rank == 1)
             exit(0);
         MPI_Barrier(MPI_COMM_WORLD);
