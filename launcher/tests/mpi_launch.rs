@@ -131,6 +131,24 @@ fn mpirun_inside_an_allocation_with_launcher_exec() {
     assert!(o.contains("rc9=255"), "{o}");
     assert!(stderr(&out).contains("node \"node9\" is not part of job"), "{}", stderr(&out));
 
+    // The remote command dies when its caller goes away, and when the job ends.
+    let tag = 40_000 + std::process::id() % 20_000;
+    let script = format!(
+        "[ $LAUNCHER_NODE_RANK = 0 ] || exit 0; c() {{ pgrep -x sleep -a | grep -c \" $1$\"; }}; \
+         $LAUNCHER_RSH node2 sleep {tag} & p=$!; sleep 1; echo before=$(c {tag}); kill $p; sleep 1; \
+         echo after=$(c {tag}); $LAUNCHER_RSH node2 sleep {} & sleep 1; echo left=$(c {})",
+        tag + 1,
+        tag + 1
+    );
+    let out = c.cli(&["run", "-N", "2", "-n", "2", "--mpi", "none", "bash", "-c", &script]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("before=1\nafter=0\nleft=1\n"), "{}", stdout(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Command::new("pgrep").arg("-f").arg(format!("^sleep {}$", tag + 1)).status().unwrap().success() {
+        assert!(Instant::now() < deadline, "the remote command outlived its job");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Outside a job it says what is wrong.
     let out = c.cli(&["exec", "node1", "true"]);
     assert_eq!(out.status.code(), Some(255));
