@@ -118,6 +118,23 @@ enum Cmd {
         #[arg(short = 'l', long)]
         label: bool,
     },
+    /// Run a command on a node of the calling job's own allocation, like ssh
+    /// (for `mpirun`/`mpiexec` inside a job): `exec --node NAME -- CMD [ARGS]`, or
+    /// the ssh-style `exec [-x] NAME CMD [ARGS]` that hydra's `-launcher-exec` and
+    /// Open MPI's `plm_rsh_agent` use (words joined and run by /bin/sh, as ssh does).
+    ///
+    /// Output is streamed back and the exit code propagated (255 if it could not
+    /// run); the command is killed if this process goes away. Works only inside a
+    /// job (it uses LAUNCHER_EXEC_SOCK); nodes outside the job are refused.
+    /// `$LAUNCHER_RSH` is a one-file wrapper for launchers that want a single executable.
+    Exec {
+        /// Node to run on (else the first word after any ssh-style options).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// `[ssh options] NAME CMD [ARGS]`, or `-- CMD [ARGS]` with --node.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// List nodes.
     Nodes {
         /// JSON output.
@@ -194,6 +211,19 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `launcher exec` takes ssh-style arguments (`-x HOST CMD...`) that clap would
+    // refuse as unknown options: parse them ourselves; clap only renders its --help.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("exec")
+        && !matches!(argv.get(2).map(String::as_str), None | Some("-h" | "--help"))
+    {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let code = rt.block_on(nodeagent::remote::client(&argv[2..])).unwrap_or_else(|e| {
+            eprintln!("launcher exec: {e:#}");
+            255
+        });
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let quiet = matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Agent(_));
     nodeagent::init_tracing(if quiet { "info" } else { "warn" });
@@ -246,6 +276,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,
         Cmd::Logs { job, rank, follow, label } => cli::logs(cred, job, rank, follow, label).await,
         Cmd::Nodes { json } => cli::nodes(cred, json).await,
+        Cmd::Exec { node, args } => {
+            let mut all: Vec<String> =
+                node.map(|n| vec!["--node".to_string(), n, "--".to_string()]).unwrap_or_default();
+            all.extend(args);
+            match nodeagent::remote::client(&all).await {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("launcher exec: {e:#}");
+                    Ok(255)
+                }
+            }
+        }
         Cmd::Token { cmd: TokenCmd::Create { ttl } } => cli::token_create(cred, ttl).await,
         Cmd::User { cmd: UserCmd::Add { name, role, out } } => cli::user_add(cred, name, role, out).await,
         Cmd::Up(args) => launcher::up::up(args).await,

@@ -140,7 +140,13 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     inv.agent_version = env!("CARGO_PKG_VERSION").into();
     let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
     tracing::info!(?users, "task identity policy");
-    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone(), users, pmi: Default::default() };
+    let facts = NodeFacts {
+        name: name.clone(),
+        state_dir: args.state_dir.clone(),
+        users,
+        pmi: Default::default(),
+        exec: Default::default(),
+    };
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 
@@ -246,6 +252,13 @@ async fn session(
                 ToAgent::FenceDone { job, attempt, seq, puts } => {
                     crate::pmi::driver::deliver(&facts.pmi, job, attempt, seq, puts)
                 }
+                ToAgent::FinalizeGrace { job, attempt, grace_ms } => {
+                    exec::finalize_grace(table, job, attempt, Duration::from_millis(grace_ms))
+                }
+                m @ (ToAgent::Exec(_)
+                | ToAgent::ExecOutput { .. }
+                | ToAgent::ExecExited { .. }
+                | ToAgent::ExecKill { .. }) => crate::remote::on_message(m, facts, table, out_tx),
                 ToAgent::Registered { .. } => {}
             }
         }

@@ -17,13 +17,29 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::UnboundedSender;
 
+/// How far a task got with PMI (direct MPI launch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PmiProgress {
+    /// It never spoke PMI (not an MPI program, or PMI not served).
+    #[default]
+    None,
+    /// It spoke PMI (`MPI_Init`) and has not finalized.
+    Started,
+    /// It sent `cmd=finalize` (`MPI_Finalize`).
+    Finalized,
+}
+
 /// Where a task stands.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TaskRun {
     /// Process group id once spawned.
     pub pgid: Option<i32>,
     /// How it ended.
     pub exit: Option<ExitStatus>,
+    /// PMI progress.
+    pub pmi: PmiProgress,
+    /// Killed by `--finalize-grace` (the grace in seconds): report a clean exit.
+    pub grace_killed: Option<u32>,
 }
 
 /// The local part of one job attempt.
@@ -33,6 +49,10 @@ pub struct JobRun {
     pub tasks: BTreeMap<u32, TaskRun>,
     /// Where the job's scratch files live (the script copy).
     pub dir: Option<PathBuf>,
+    /// The controller (or an abort) asked to stop the tasks.
+    pub killing: bool,
+    /// What `launcher exec` needs to run commands for this job here.
+    pub exec: Option<crate::remote::JobExec>,
 }
 
 /// Every job attempt this agent holds, keyed by (job, attempt).
@@ -49,6 +69,8 @@ pub struct NodeFacts {
     pub users: crate::users::Policy,
     /// PMI steps running here.
     pub pmi: crate::pmi::driver::Routes,
+    /// `launcher exec` requests relayed for local callers.
+    pub exec: crate::remote::Pending,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -208,7 +230,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         }
         let mut run = JobRun::default();
         for task in &msg.tasks {
-            run.tasks.insert(task.rank, TaskRun { pgid: None, exit: None });
+            run.tasks.insert(task.rank, TaskRun::default());
         }
         t.insert(key, run);
     }
@@ -239,7 +261,14 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         launcher_proto::MpiMode::Auto => spec.tasks > 1,
     };
     let mut pmi: Option<(crate::pmi::Engine, Vec<crate::pmi::driver::Pair>)> = None;
+    let mut pmi_port: Option<(std::net::TcpListener, String)> = None;
     if serve_pmi && setup_error.is_none() {
+        // PMI_PORT too, for ranks started by wrappers that close inherited descriptors.
+        let host = msg.node_addrs.get(msg.node_rank as usize).cloned().unwrap_or_default();
+        match crate::pmi::driver::port_listener(&host) {
+            Ok(l) => pmi_port = Some(l),
+            Err(e) => tracing::warn!(job = %msg.job, "no PMI_PORT for this step (PMI_FD still works): {e}"),
+        }
         let info = crate::pmi::JobInfo {
             kvsname: format!("kvs_{}_{}", msg.job, msg.attempt),
             size: spec.tasks,
@@ -260,6 +289,14 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
     let cwd = if spec.cwd.is_empty() { PathBuf::from("/") } else { PathBuf::from(&spec.cwd) };
     if setup_error.is_none() && !cwd.is_dir() {
         setup_error = Some(format!("working directory {} does not exist on node {}", cwd.display(), facts.name));
+    }
+    // mpirun inside the allocation: hostfiles, and `launcher exec` for its remote starts.
+    let mut hostfiles = None;
+    if setup_error.is_none() {
+        match crate::remote::prepare(&msg, facts, &dir, account.as_ref(), &cwd, table, out) {
+            Ok(()) => hostfiles = Some(dir.clone()),
+            Err(e) => tracing::warn!(job = %msg.job, "no hostfiles or launcher exec for this job: {e}"),
+        }
     }
 
     for task in &msg.tasks {
@@ -310,6 +347,16 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                     cmd.env("FLUX_PMI_LIBRARY_PATH", &lib);
                 }
             }
+            // MPICH's client uses PMI_FD when set, else connects to PMI_PORT and identifies with PMI_ID.
+            if let Some((_, port)) = &pmi_port {
+                cmd.env("PMI_PORT", port).env("PMI_ID", rank.to_string());
+            }
+        }
+        if let Some(d) = &hostfiles {
+            cmd.env("LAUNCHER_HOSTFILE", d.join(crate::remote::HOSTFILE))
+                .env("LAUNCHER_HOSTFILE_MPICH", d.join(crate::remote::HOSTFILE_MPICH))
+                .env("LAUNCHER_EXEC_SOCK", d.join(crate::remote::EXEC_SOCK))
+                .env("LAUNCHER_RSH", d.join(crate::remote::RSH));
         }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
         let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
@@ -368,6 +415,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         crate::pmi::driver::spawn(
             engine,
             conns,
+            pmi_port.map(|(l, _)| l),
             crate::pmi::driver::StepCtx {
                 job: msg.job,
                 attempt: msg.attempt,
@@ -563,12 +611,58 @@ async fn watch_task(
         }
         Err(e) => ExitStatus::LaunchFailed(format!("cannot wait for the task: {e}")),
     };
+    let (pmi, grace_killed, killing) = table
+        .lock()
+        .expect("job table lock")
+        .get(&(job, attempt))
+        .and_then(|j| j.tasks.get(&rank).map(|t| (t.pmi, t.grace_killed, j.killing)))
+        .unwrap_or_default();
+    let status = match grace_killed {
+        Some(grace_s) => ExitStatus::KilledAfterFinalize { grace_s },
+        None => status,
+    };
+    if pmi == PmiProgress::Started && !killing {
+        // An MPI rank gone before MPI_Finalize: its peers would wait for it
+        // forever in the next PMI barrier. End the job everywhere, even on exit 0.
+        tracing::info!(%job, rank, "rank ended ({status}) before MPI_Finalize: ending the job");
+        let _ = out.send(FromAgent::PmiExitBeforeFinalize { job, attempt, rank, status: status.clone() });
+        kill(&table, job, attempt, Duration::from_secs(2));
+    }
     record_exit(&table, (job, attempt), rank, status.clone());
     let _ = out.send(FromAgent::TaskExited { job, attempt, rank, status });
 }
 
+/// `--finalize-grace`: every rank of the step finalized and some exited 0.
+/// After `grace`, kill the local ranks that finalized but still run; they are
+/// reported as [`ExitStatus::KilledAfterFinalize`].
+pub fn finalize_grace(table: &JobTable, job: JobId, attempt: u32, grace: Duration) {
+    let table = table.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let grace_s = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
+        let mut t = table.lock().expect("job table lock");
+        let Some(run) = t.get_mut(&(job, attempt)) else { return };
+        for (rank, task) in run.tasks.iter_mut() {
+            if task.exit.is_some() || task.pmi != PmiProgress::Finalized {
+                continue;
+            }
+            let Some(pg) = task.pgid else { continue };
+            tracing::info!(%job, rank, "still running {grace_s}s after the whole step finalized: killing it");
+            task.grace_killed = Some(grace_s);
+            // SAFETY: kill(2) with a negative pid signals a process group we created.
+            unsafe {
+                libc::kill(-pg, libc::SIGKILL);
+            }
+        }
+    });
+}
+
 /// Signal every live task of an attempt: SIGTERM now, SIGKILL after `grace`.
 pub fn kill(table: &JobTable, job: JobId, attempt: u32, grace: Duration) {
+    if let Some(run) = table.lock().expect("job table lock").get_mut(&(job, attempt)) {
+        run.killing = true;
+    }
+    crate::remote::kill_job(table, job, attempt);
     let pgids = live_pgids(table, job, attempt);
     for &pg in &pgids {
         // SAFETY: kill(2) with a negative pid signals a process group we created.
@@ -603,6 +697,7 @@ fn live_pgids(table: &JobTable, job: JobId, attempt: u32) -> Vec<i32> {
 pub fn kill_all(table: &JobTable) {
     let keys: Vec<(JobId, u32)> = table.lock().expect("job table lock").keys().copied().collect();
     for (j, a) in keys {
+        crate::remote::kill_job(table, j, a);
         for pg in live_pgids(table, j, a) {
             // SAFETY: as above.
             unsafe {
@@ -623,6 +718,9 @@ pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
             None
         }
     };
+    if let Some(run) = &removed {
+        crate::remote::kill_run(run);
+    }
     if let Some(dir) = removed.and_then(|r| r.dir) {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -687,6 +785,7 @@ mod tests {
             state_dir: "/tmp".into(),
             users: crate::users::Policy::RunAsSelf,
             pmi: Default::default(),
+            exec: Default::default(),
         };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod hostlist;
 pub mod inventory;
 pub mod pmi;
+pub mod remote;
 pub mod users;
 pub mod wire;
 

@@ -11,6 +11,16 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `nodeagent exec ...` is `launcher exec ...` (the `rsh` wrapper of a job names this binary).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("exec") {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let code = rt.block_on(nodeagent::remote::client(&argv[2..])).unwrap_or_else(|e| {
+            eprintln!("launcher exec: {e:#}");
+            255
+        });
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     nodeagent::init_tracing("info");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

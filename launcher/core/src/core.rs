@@ -2,6 +2,7 @@
 //! invariants. The scheduling pass is in `sched.rs`, dependencies in
 //! `deps.rs`, compute environments/queues/policies in `defs.rs`.
 
+use crate::fence::FenceGather;
 use crate::job::{Alloc, ArrayState, ChildState, FailReason, Job, NodeRecord};
 use crate::retry::should_retry;
 use crate::sched::{Reservation, ShareUsage};
@@ -13,9 +14,6 @@ use launcher_proto::{
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// PMI key-value puts, in put order.
-type Puts = Vec<(String, String)>;
 
 /// Tunables the driver passes in.
 #[derive(Clone, Debug)]
@@ -200,9 +198,12 @@ pub struct Core {
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     /// (since, node) of unreachable nodes.
     pub(crate) unreachable: BTreeSet<(Time, NodeId)>,
-    /// PMI fences in progress: (job, attempt, seq) → puts by node rank. Not
-    /// persisted: agents resend an unanswered fence after reconnecting.
-    pub(crate) fences: BTreeMap<(JobId, u32, u64), BTreeMap<u32, Puts>>,
+    /// PMI fences in progress, by (job, attempt, seq). Not persisted: agents
+    /// resend an unanswered fence after reconnecting.
+    pub(crate) fences: BTreeMap<(JobId, u32, u64), FenceGather>,
+    /// PMI finalize progress of running attempts (see [`Core::pmi_finalized`]).
+    /// Not persisted: after a controller restart the grace is simply not applied.
+    finalize: BTreeMap<JobId, FinalizeState>,
     /// The backfill reservation from the last full pass.
     pub(crate) reservation: Option<Reservation>,
     /// Jobs that would fit now but would delay the reservation (last pass).
@@ -221,6 +222,14 @@ pub struct Core {
     pub(crate) next_job: u64,
     pub(crate) next_node: u32,
     pub(crate) next_generation: u64,
+}
+
+/// Which ranks of an attempt called `MPI_Finalize`, and whether the grace was sent.
+#[derive(Clone, Debug, Default)]
+struct FinalizeState {
+    attempt: u32,
+    ranks: BTreeSet<u32>,
+    grace_sent: bool,
 }
 
 /// Tasks per node for `tasks` spread block-wise over `nodes`.
@@ -253,6 +262,7 @@ impl Core {
             deadlines: BTreeSet::new(),
             unreachable: BTreeSet::new(),
             fences: BTreeMap::new(),
+            finalize: BTreeMap::new(),
             reservation: None,
             backfill_blocked: BTreeSet::new(),
             dirty: true,
@@ -624,7 +634,7 @@ impl Core {
             FromAgent::TaskExited { job, attempt, rank, status } => {
                 self.task_exited(now, fx, job, attempt, rank, status);
             }
-            FromAgent::Fence { job, attempt, seq, puts } => self.fence(fx, node, job, attempt, seq, puts),
+            FromAgent::Fence { job, attempt, seq, span, puts } => self.fence(fx, node, (job, attempt, seq), span, puts),
             FromAgent::MpiAbort { job, attempt, rank, code, message } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) {
@@ -636,20 +646,98 @@ impl Core {
                 let reason = j.fail.clone().expect("set above");
                 self.terminate(now, fx, job, reason);
             }
-            FromAgent::Output { .. } | FromAgent::Heartbeat { .. } => {}
+            FromAgent::PmiFinalized { job, attempt, ranks } => self.pmi_finalized(now, fx, job, attempt, &ranks),
+            FromAgent::PmiExitBeforeFinalize { job, attempt, rank, status } => {
+                self.pmi_exit_before_finalize(now, fx, job, attempt, rank, status)
+            }
+            FromAgent::Output { .. }
+            | FromAgent::Heartbeat { .. }
+            | FromAgent::ExecStart { .. }
+            | FromAgent::ExecOutput { .. }
+            | FromAgent::ExecExited { .. }
+            | FromAgent::ExecKill { .. } => {}
         }
         self.drain(now, fx);
     }
 
-    /// One node reached PMI fence `seq`; when all have, answer every node with
-    /// the merged puts (node-rank order, so every replica is identical).
+    /// Ranks of a job's PMI step called `MPI_Finalize`.
+    fn pmi_finalized(&mut self, now: Time, fx: &mut impl Effects, job: JobId, attempt: u32, ranks: &[u32]) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        if j.attempt != attempt || j.state.is_terminal() {
+            return;
+        }
+        let st = self.finalize.entry(job).or_default();
+        if st.attempt != attempt {
+            *st = FinalizeState { attempt, ..Default::default() };
+        }
+        st.ranks.extend(ranks.iter().copied().filter(|&r| r < j.spec.tasks));
+        self.check_finalize_grace(now, fx, job);
+    }
+
+    /// `--finalize-grace`: once every rank called `MPI_Finalize` and some rank
+    /// exited 0, tell every node still running ranks to kill the finalized
+    /// ones that linger past the grace (counted as exit 0). Debian MPICH over
+    /// UCX can hang in its finalize teardown after the work is done.
+    fn check_finalize_grace(&mut self, now: Time, fx: &mut impl Effects, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let Some(st) = self.finalize.get_mut(&id) else { return };
+        if job.state.is_terminal() || job.killing.is_some() || st.attempt != job.attempt || st.grace_sent {
+            return;
+        }
+        if (st.ranks.len() as u32) < job.spec.tasks || !job.exits.values().any(ExitStatus::success) {
+            return;
+        }
+        st.grace_sent = true;
+        let grace_s = job.spec.finalize_grace_s.unwrap_or(launcher_proto::DEFAULT_FINALIZE_GRACE_S);
+        if grace_s == 0 {
+            return;
+        }
+        let text = format!(
+            "every rank called MPI_Finalize and some exited 0: ranks still running after --finalize-grace {grace_s}s will be killed and counted as exit 0"
+        );
+        fx.persist(Record::Event { job: id, time: now, text });
+        for a in &job.alloc {
+            let done = (a.first_rank..a.first_rank + a.tasks).all(|r| job.exits.contains_key(&r));
+            if !done {
+                fx.send(
+                    a.node,
+                    ToAgent::FinalizeGrace { job: id, attempt: job.attempt, grace_ms: u64::from(grace_s) * 1000 },
+                );
+            }
+        }
+    }
+
+    /// A rank that started PMI exited before `MPI_Finalize`: the job fails and
+    /// its other ranks (blocked in a PMI barrier, typically) are stopped.
+    fn pmi_exit_before_finalize(
+        &mut self,
+        now: Time,
+        fx: &mut impl Effects,
+        job: JobId,
+        attempt: u32,
+        rank: u32,
+        status: ExitStatus,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.attempt != attempt || !matches!(j.state, JobState::Starting | JobState::Running) || j.killing.is_some() {
+            return;
+        }
+        if j.fail.is_none() {
+            j.fail = Some(FailReason::ExitBeforeFinalize { rank, status });
+        }
+        let reason = j.fail.clone().expect("set above");
+        self.terminate(now, fx, job, reason);
+    }
+
+    /// Node ranks from `node`'s, `span` of them, reached PMI fence `seq`; when
+    /// all have, answer every contributor with the merged puts (node-rank
+    /// order, so every replica is identical; see [`crate::fence`]).
     fn fence(
         &mut self,
         fx: &mut impl Effects,
         node: NodeId,
-        job: JobId,
-        attempt: u32,
-        seq: u64,
+        (job, attempt, seq): (JobId, u32, u64),
+        span: u32,
         puts: Vec<(String, String)>,
     ) {
         let Some(j) = self.jobs.get(&job) else { return };
@@ -657,15 +745,16 @@ impl Core {
             return;
         }
         let Some(node_rank) = j.alloc.iter().position(|a| a.node == node) else { return };
-        let entry = self.fences.entry((job, attempt, seq)).or_default();
-        entry.entry(node_rank as u32).or_insert(puts);
-        if entry.len() < j.alloc.len() {
+        let gather = self.fences.entry((job, attempt, seq)).or_insert_with(|| FenceGather::new(j.alloc.len() as u32));
+        gather.add(node_rank as u32, span.max(1), puts);
+        if !gather.complete() {
             return;
         }
-        let merged: Vec<(String, String)> =
-            self.fences.remove(&(job, attempt, seq)).expect("present").into_values().flatten().collect();
-        for a in &j.alloc {
-            fx.send(a.node, ToAgent::FenceDone { job, attempt, seq, puts: merged.clone() });
+        let gather = self.fences.remove(&(job, attempt, seq)).expect("present");
+        let to: Vec<NodeId> = gather.contributors().map(|r| j.alloc[r as usize].node).collect();
+        let merged = gather.merged();
+        for n in to {
+            fx.send(n, ToAgent::FenceDone { job, attempt, seq, puts: merged.clone() });
         }
     }
 
@@ -955,6 +1044,7 @@ impl Core {
             let reason = job.fail.clone().expect("set above");
             self.terminate(now, fx, id, reason);
         }
+        self.check_finalize_grace(now, fx, id);
     }
 
     /// Mark every unfinished rank on `node` as lost, and terminate the rest.
@@ -1017,6 +1107,7 @@ impl Core {
             Some(FailReason::Timeout) | Some(FailReason::Cancelled) => highest.max(1),
             Some(FailReason::MpiAbort { code, .. }) => (*code).clamp(1, 255),
             Some(FailReason::DependencyNeverSatisfied { .. }) | Some(FailReason::ChildrenFailed { .. }) => 1,
+            Some(FailReason::ExitBeforeFinalize { status, .. }) => status.code().clamp(1, 255),
         };
         job.exit_code = Some(code);
         job.end_time = Some(now.0);
@@ -1027,6 +1118,7 @@ impl Core {
         for k in stale {
             self.fences.remove(&k);
         }
+        self.finalize.remove(&id);
         // Release the nodes.
         let job = &self.jobs[&id];
         let allocs = job.alloc.clone();

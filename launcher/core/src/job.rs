@@ -54,6 +54,13 @@ pub enum FailReason {
     Timeout,
     /// Cancelled while running.
     Cancelled,
+    /// A rank that had started PMI (`MPI_Init`) exited before `MPI_Finalize`.
+    ExitBeforeFinalize {
+        /// Rank.
+        rank: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
     /// A rank called `MPI_Abort`.
     MpiAbort {
         /// Rank.
@@ -91,6 +98,7 @@ impl FailReason {
             FailReason::MpiAbort { .. } => "MpiAbort",
             FailReason::DependencyNeverSatisfied { .. } => "DependencyNeverSatisfied",
             FailReason::ChildrenFailed { .. } => "ChildrenFailed",
+            FailReason::ExitBeforeFinalize { .. } => "ExitBeforeFinalize",
         }
     }
 
@@ -104,6 +112,9 @@ impl FailReason {
             }
             FailReason::Timeout => "the attempt ran past its --time limit and was terminated".into(),
             FailReason::Cancelled => "cancelled while running; its tasks were terminated".into(),
+            FailReason::ExitBeforeFinalize { rank, status } => {
+                format!("rank {rank} ended with {status} after MPI_Init but before MPI_Finalize; the job's other ranks were stopped")
+            }
             FailReason::MpiAbort { rank, code, message } => match message {
                 Some(m) => format!("rank {rank} called MPI_Abort with code {code}: {m}"),
                 None => format!("rank {rank} called MPI_Abort with code {code}"),

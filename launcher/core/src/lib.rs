@@ -24,6 +24,7 @@
 mod core;
 mod defs;
 mod deps;
+pub mod fence;
 mod job;
 mod retry;
 mod sched;

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use launcher_core::{SubmitOutcome, Time};
+use launcher_core::{Record, SubmitOutcome, Time};
 use launcher_proto::{
-    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobReport, JobState, NodeId, NodeState, RegisterMsg,
+    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobReport, JobSpec, JobState, NodeId, NodeState, RegisterMsg,
     ToAgent,
 };
 use proptest::prelude::*;
@@ -374,7 +374,7 @@ fn pmi_fence_completes_when_every_node_arrived_and_merges_in_node_order() {
     by_rank.sort();
     for (i, &(nr, node)) in by_rank.iter().rev().enumerate() {
         let puts = vec![(format!("k{nr}"), format!("v{nr}"))];
-        e.agent(node, FromAgent::Fence { job: id, attempt: 1, seq: 1, puts });
+        e.agent(node, FromAgent::Fence { job: id, attempt: 1, seq: 1, span: 1, puts });
         let done: Vec<_> = e.fx.sent.iter().filter(|(_, m)| matches!(m, ToAgent::FenceDone { .. })).collect();
         if i < 2 {
             assert!(done.is_empty(), "no answer before every node arrived");
@@ -389,7 +389,7 @@ fn pmi_fence_completes_when_every_node_arrived_and_merges_in_node_order() {
         }
     }
     // A fence left half-way is dropped when the job ends (sanity_check verifies).
-    e.agent(by_rank[0].1, FromAgent::Fence { job: id, attempt: 1, seq: 2, puts: vec![] });
+    e.agent(by_rank[0].1, FromAgent::Fence { job: id, attempt: 1, seq: 2, span: 1, puts: vec![] });
     e.agent(by_rank[1].1, FromAgent::MpiAbort { job: id, attempt: 1, rank: 1, code: 5, message: None });
     let kills = e.fx.sent.iter().filter(|(_, m)| matches!(m, ToAgent::Kill(_))).count();
     assert_eq!(kills, 3, "MPI_Abort terminates the job on every node");
@@ -401,4 +401,106 @@ fn pmi_fence_completes_when_every_node_arrived_and_merges_in_node_order() {
     let info = e.core.job_info(id).unwrap();
     assert_eq!((info.state, info.reason.as_deref(), info.exit_code), (JobState::Failed, Some("MpiAbort"), Some(5)));
     assert!(info.reason_text.unwrap().contains("rank 1 called MPI_Abort with code 5"));
+}
+
+/// Start a job of `tasks` ranks over `nodes` fresh nodes; returns the job and (node, its ranks) in node order.
+fn started(e: &mut Env, nodes: u32, tasks: u32, grace: Option<u32>) -> (JobId, Vec<(NodeId, Vec<u32>)>) {
+    for i in 0..nodes {
+        e.add_node(&format!("m{i}"), tasks);
+    }
+    let id = e.submit(JobSpec { finalize_grace_s: grace, ..spec(nodes, tasks) });
+    e.schedule();
+    let mut l = e.launches();
+    l.sort_by_key(|(_, m)| m.node_rank);
+    for (n, m) in &l {
+        e.agent(*n, FromAgent::Started { job: id, attempt: m.attempt });
+    }
+    (id, l.into_iter().map(|(n, m)| (n, m.tasks.iter().map(|t| t.rank).collect())).collect())
+}
+
+fn graces(e: &Env) -> Vec<(NodeId, u64)> {
+    e.fx.sent
+        .iter()
+        .filter_map(|(n, m)| match m {
+            ToAgent::FinalizeGrace { grace_ms, .. } => Some((*n, *grace_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn finalize_grace_starts_once_every_rank_finalized_and_one_exited_0() {
+    let mut e = Env::new();
+    let (id, nodes) = started(&mut e, 2, 4, Some(3));
+    let ((a, _), (b, _)) = (nodes[0].clone(), nodes[1].clone());
+    e.agent(a, FromAgent::PmiFinalized { job: id, attempt: 1, ranks: vec![0, 1] });
+    e.agent(a, FromAgent::TaskExited { job: id, attempt: 1, rank: 0, status: ExitStatus::Code(0) });
+    assert!(graces(&e).is_empty(), "ranks 2 and 3 have not finalized");
+    e.agent(b, FromAgent::PmiFinalized { job: id, attempt: 1, ranks: vec![2, 3] });
+    assert_eq!(graces(&e), vec![(a, 3000), (b, 3000)], "both nodes still run finalized ranks");
+    assert!(e
+        .fx
+        .persisted
+        .iter()
+        .any(|r| matches!(r, Record::Event { text, .. } if text.contains("--finalize-grace 3s"))));
+    // Sent once; the lingering ranks come back as killed-after-finalize, a success.
+    e.agent(a, FromAgent::TaskExited { job: id, attempt: 1, rank: 1, status: ExitStatus::Code(0) });
+    for r in [2, 3] {
+        let status = ExitStatus::KilledAfterFinalize { grace_s: 3 };
+        e.agent(b, FromAgent::TaskExited { job: id, attempt: 1, rank: r, status });
+    }
+    assert_eq!(graces(&e).len(), 2);
+    let info = e.core.job_info(id).unwrap();
+    assert_eq!((info.state, info.exit_code), (JobState::Succeeded, Some(0)));
+    assert!(info.tasks[2].exit.as_ref().unwrap().to_string().contains("killed after --finalize-grace 3s"));
+
+    // --finalize-grace 0: never.
+    let mut e = Env::new();
+    let (id, nodes) = started(&mut e, 1, 2, Some(0));
+    e.agent(nodes[0].0, FromAgent::PmiFinalized { job: id, attempt: 1, ranks: vec![0, 1] });
+    e.agent(nodes[0].0, FromAgent::TaskExited { job: id, attempt: 1, rank: 0, status: ExitStatus::Code(0) });
+    assert!(graces(&e).is_empty());
+}
+
+#[test]
+fn a_rank_gone_before_finalize_fails_the_job_even_with_exit_0() {
+    let mut e = Env::new();
+    let (id, nodes) = started(&mut e, 2, 4, None);
+    let b = nodes[1].0;
+    e.agent(b, FromAgent::PmiExitBeforeFinalize { job: id, attempt: 1, rank: 2, status: ExitStatus::Code(0) });
+    let kills: Vec<NodeId> = e.fx.sent.iter().filter(|(_, m)| matches!(m, ToAgent::Kill(_))).map(|(n, _)| *n).collect();
+    assert_eq!(kills.len(), 2, "the job is stopped on every node at once");
+    for (n, ranks) in &nodes {
+        for &r in ranks {
+            let status = if r == 2 { ExitStatus::Code(0) } else { ExitStatus::Signal(15) };
+            e.agent(*n, FromAgent::TaskExited { job: id, attempt: 1, rank: r, status });
+        }
+    }
+    let info = e.core.job_info(id).unwrap();
+    assert_eq!(
+        (info.state, info.reason.as_deref(), info.exit_code),
+        (JobState::Failed, Some("ExitBeforeFinalize"), Some(1))
+    );
+    assert!(info.reason_text.unwrap().contains("rank 2 ended with exit 0 after MPI_Init but before MPI_Finalize"));
+}
+
+#[test]
+fn fence_contributions_may_cover_subtrees() {
+    // What a fence tree over agents would send: subtree roots 0 and 2 each cover two node ranks.
+    let mut e = Env::new();
+    let (id, nodes) = started(&mut e, 4, 4, None);
+    let delta =
+        |first: usize| -> Vec<(String, String)> { (first..first + 2).map(|r| (format!("k{r}"), "v".into())).collect() };
+    e.agent(nodes[2].0, FromAgent::Fence { job: id, attempt: 1, seq: 1, span: 2, puts: delta(2) });
+    e.agent(nodes[0].0, FromAgent::Fence { job: id, attempt: 1, seq: 1, span: 2, puts: delta(0) });
+    let done: Vec<(NodeId, Vec<String>)> =
+        e.fx.sent
+            .iter()
+            .filter_map(|(n, m)| match m {
+                ToAgent::FenceDone { puts, .. } => Some((*n, puts.iter().map(|(k, _)| k.clone()).collect())),
+                _ => None,
+            })
+            .collect();
+    let order: Vec<String> = (0..4).map(|r| format!("k{r}")).collect();
+    assert_eq!(done, vec![(nodes[0].0, order.clone()), (nodes[2].0, order)], "only the contributors are answered");
 }

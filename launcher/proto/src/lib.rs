@@ -29,6 +29,10 @@ pub use sched::*;
 /// `docs/protocol.md` §2 for the compatibility window).
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Seconds a finalized MPI rank may linger once its whole step finalized and
+/// some rank exited 0, when the job gives no `--finalize-grace`.
+pub const DEFAULT_FINALIZE_GRACE_S: u32 = 10;
+
 /// ALPN identifier negotiated on every QUIC connection.
 pub const ALPN: &[u8] = b"launcher/1";
 

@@ -177,6 +177,13 @@ pub enum ExitStatus {
     LaunchFailed(String),
     /// The node was lost while the task ran.
     NodeLost,
+    /// Every rank of its MPI step had called `MPI_Finalize` and some had exited
+    /// 0, but this one was still running after the job's `--finalize-grace`
+    /// (seconds): killed and counted as a clean exit.
+    KilledAfterFinalize {
+        /// The grace it was given, in seconds.
+        grace_s: u32,
+    },
 }
 
 impl ExitStatus {
@@ -186,12 +193,13 @@ impl ExitStatus {
             ExitStatus::Code(c) => *c,
             ExitStatus::Signal(s) => 128 + s,
             ExitStatus::LaunchFailed(_) | ExitStatus::NodeLost => 255,
+            ExitStatus::KilledAfterFinalize { .. } => 0,
         }
     }
 
-    /// True only for a clean exit 0.
+    /// True for a clean exit 0, and for a rank killed after `MPI_Finalize` by `--finalize-grace`.
     pub fn success(&self) -> bool {
-        matches!(self, ExitStatus::Code(0))
+        matches!(self, ExitStatus::Code(0) | ExitStatus::KilledAfterFinalize { .. })
     }
 }
 
@@ -202,6 +210,9 @@ impl std::fmt::Display for ExitStatus {
             ExitStatus::Signal(s) => write!(f, "signal {s}"),
             ExitStatus::LaunchFailed(e) => write!(f, "launch failed: {e}"),
             ExitStatus::NodeLost => write!(f, "node lost"),
+            ExitStatus::KilledAfterFinalize { grace_s } => {
+                write!(f, "killed after --finalize-grace {grace_s}s; it had called MPI_Finalize (counted as exit 0)")
+            }
         }
     }
 }
@@ -296,6 +307,66 @@ pub enum ToAgent {
         /// The attempt.
         attempt: u32,
     },
+    /// Every rank of the attempt's PMI step called `MPI_Finalize` and some rank
+    /// exited 0: local ranks that finalized and still run after `grace_ms` are
+    /// killed and reported as [`ExitStatus::KilledAfterFinalize`].
+    FinalizeGrace {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Milliseconds to wait before killing.
+        grace_ms: u64,
+    },
+    /// Run a command on this node for a task of a job on another (or this)
+    /// node (`launcher exec`): stream its output back with
+    /// [`FromAgent::ExecOutput`] and end with [`FromAgent::ExecExited`].
+    Exec(Box<ExecMsg>),
+    /// Output of a command this agent asked for with [`FromAgent::ExecStart`].
+    ExecOutput {
+        /// The agent-local id the request was started with.
+        id: u64,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The command of request `id` ended (or could not start: `LaunchFailed`
+    /// carries why, e.g. a node outside the job's allocation).
+    ExecExited {
+        /// The agent-local id the request was started with.
+        id: u64,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Stop the command started for (`origin`, `id`): the caller went away.
+    ExecKill {
+        /// The node that asked.
+        origin: NodeId,
+        /// Its id for the request.
+        id: u64,
+    },
+}
+
+/// A remote command for [`ToAgent::Exec`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMsg {
+    /// The node that asked (answers go back there).
+    pub origin: NodeId,
+    /// Its id for the request.
+    pub id: u64,
+    /// The caller's job.
+    pub job: JobId,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Run `argv` joined by spaces through `/bin/sh -c` (the ssh-style form).
+    pub shell: bool,
+    /// Working directory (empty: the job's).
+    pub cwd: String,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
 }
 
 /// Which output stream a chunk came from.
@@ -355,6 +426,11 @@ pub enum FromAgent {
         attempt: u32,
         /// Fence number, from 1, per attempt.
         seq: u64,
+        /// How many consecutive node ranks, from the sender's, `puts` covers:
+        /// 1 for the sender alone; a subtree root in a fence tree would send its
+        /// whole subtree's deltas, concatenated in node-rank order. The
+        /// controller answers only the nodes that contributed.
+        span: u32,
         /// Key-value puts, in put order.
         puts: Vec<(String, String)>,
     },
@@ -370,6 +446,75 @@ pub enum FromAgent {
         code: i32,
         /// Its message, if any.
         message: Option<String>,
+    },
+    /// Local ranks of the attempt sent PMI `cmd=finalize` (`MPI_Finalize`).
+    PmiFinalized {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The ranks.
+        ranks: Vec<u32>,
+    },
+    /// A rank that had started PMI (`MPI_Init`) exited before `MPI_Finalize`:
+    /// the whole job must end, even when it exited 0. Sent before its `TaskExited`.
+    PmiExitBeforeFinalize {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The rank.
+        rank: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// A task asks to run a command on node `node` of its own job (`launcher exec`).
+    ExecStart {
+        /// Agent-local id for the request.
+        id: u64,
+        /// The caller's job.
+        job: JobId,
+        /// Its attempt.
+        attempt: u32,
+        /// Target node name.
+        node: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Run through `/bin/sh -c` (ssh-style).
+        shell: bool,
+        /// Working directory (empty: the job's).
+        cwd: String,
+        /// Extra environment.
+        env: Vec<(String, String)>,
+    },
+    /// Output of a command started by [`ToAgent::Exec`].
+    ExecOutput {
+        /// The node that asked.
+        origin: NodeId,
+        /// Its id for the request.
+        id: u64,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A command started by [`ToAgent::Exec`] ended.
+    ExecExited {
+        /// The node that asked.
+        origin: NodeId,
+        /// Its id for the request.
+        id: u64,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The caller of request `id` went away: stop its command on `node`.
+    ExecKill {
+        /// Agent-local id of the request.
+        id: u64,
+        /// The caller's job.
+        job: JobId,
+        /// Target node name.
+        node: String,
     },
     /// Liveness.
     Heartbeat {
@@ -427,6 +572,10 @@ pub struct JobSpec {
     pub scheduling_priority: u32,
     /// The job definition this was made from (`name:revision`), for display.
     pub jobdef: Option<String>,
+    /// `--finalize-grace`: seconds a rank that called `MPI_Finalize` may keep
+    /// running once every rank has finalized and some exited 0 (None: the
+    /// default, [`crate::DEFAULT_FINALIZE_GRACE_S`]; 0: never kill).
+    pub finalize_grace_s: Option<u32>,
 }
 
 /// PMI service for a job's tasks (`--mpi`).
@@ -772,6 +921,7 @@ mod tests {
                 1, 4, b't', b'r', b'u', b'e', // command
                 0, 0, 0, 0, 0, // script cwd output error user
                 0, // mpi Auto
+                0, // finalize_grace_s None
                 1, 5 // key Some(5)
             ]
         );

@@ -552,6 +552,8 @@ pub struct JobDefFile {
     pub share: Option<String>,
     /// `--priority`.
     pub priority: Option<u32>,
+    /// `--finalize-grace`.
+    pub finalize_grace: Option<String>,
 }
 
 /// Parse a job definition file into its template spec.
@@ -581,6 +583,7 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         retry_on: f.retry_on,
         share: f.share,
         scheduling_priority: f.priority,
+        finalize_grace: f.finalize_grace,
     };
     let script = match &f.script {
         Some(s) => {

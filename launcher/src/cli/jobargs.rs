@@ -66,6 +66,11 @@ pub struct JobArgs {
     /// Scheduling priority within a share, 0-9999, higher first.
     #[arg(long = "priority", value_name = "N")]
     pub scheduling_priority: Option<u32>,
+    /// MPI jobs: once every rank has called MPI_Finalize and some rank has exited 0,
+    /// ranks still running this many seconds later are killed and counted as exit 0
+    /// (works around MPI libraries that hang while tearing down). 0 disables. Default: 10.
+    #[arg(long, value_name = "SECONDS")]
+    pub finalize_grace: Option<String>,
 }
 
 impl JobArgs {
@@ -91,6 +96,7 @@ impl JobArgs {
             retry_on: if self.retry_on.is_empty() { other.retry_on } else { self.retry_on },
             share: self.share.or(other.share),
             scheduling_priority: self.scheduling_priority.or(other.scheduling_priority),
+            finalize_grace: self.finalize_grace.or(other.finalize_grace),
         }
     }
 
@@ -200,6 +206,10 @@ impl JobArgs {
             share: self.share.clone().or_else(|| base.and_then(|b| b.share.clone())),
             scheduling_priority: self.scheduling_priority.or(base.map(|b| b.scheduling_priority)).unwrap_or(0),
             jobdef: base.and_then(|b| b.jobdef.clone()),
+            finalize_grace_s: match self.finalize_grace.as_deref() {
+                Some(g) => Some(parse_grace_s(g)?),
+                None => base.and_then(|b| b.finalize_grace_s),
+            },
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)
@@ -314,6 +324,18 @@ pub fn parse_count(v: &str, flag: &str) -> Result<u32> {
         bail!("{flag} 0: must be at least 1");
     }
     u32::try_from(n).map_err(|_| anyhow!("{flag} {v}: absurdly large"))
+}
+
+/// `--finalize-grace`: whole seconds (`10`), or with a unit (`30s`, `2m`).
+pub fn parse_grace_s(v: &str) -> Result<u32> {
+    let t = v.trim();
+    let secs = match t.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) if t.ends_with(|c: char| c.is_ascii_alphabetic()) => parse_time_s(t)
+            .map_err(|_| anyhow!("--finalize-grace {v:?}: expected whole seconds (10) or a number with s/m/h"))?,
+        Err(_) => bail!("--finalize-grace {v:?}: expected whole seconds (10) or a number with s/m/h"),
+    };
+    u32::try_from(secs).ok().filter(|&s| s <= 86_400).ok_or_else(|| anyhow!("--finalize-grace {v}: at most one day"))
 }
 
 /// Memory in MiB: bare numbers are MiB; K, M, G, T suffixes (optionally with B), any case.
@@ -440,6 +462,16 @@ mod tests {
         assert_eq!(parse_time_s("90s").unwrap(), 90);
         assert_eq!(parse_time_s("2h").unwrap(), 7200);
         assert!(parse_time_s("abc").unwrap_err().to_string().contains("--time"));
+    }
+
+    #[test]
+    fn grace() {
+        assert_eq!(parse_grace_s("5").unwrap(), 5);
+        assert_eq!(parse_grace_s("0").unwrap(), 0);
+        assert_eq!(parse_grace_s("2m").unwrap(), 120);
+        assert!(parse_grace_s("-1").unwrap_err().to_string().contains("--finalize-grace"));
+        assert!(parse_grace_s("soon").unwrap_err().to_string().contains("whole seconds"));
+        assert!(parse_grace_s("2d").unwrap_err().to_string().contains("at most one day"));
     }
 
     #[test]

@@ -226,6 +226,11 @@ pub async fn run(
         let why = info.reason_text.clone().unwrap_or_default();
         eprintln!("launcher: job {job} {}: {why}", info.state);
     }
+    for t in &info.tasks {
+        if let Some(e @ launcher_proto::ExitStatus::KilledAfterFinalize { .. }) = &t.exit {
+            eprintln!("launcher: job {job}: rank {} {e}", t.rank);
+        }
+    }
     Ok(job_exit_code(&info))
 }
 

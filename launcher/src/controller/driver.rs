@@ -12,8 +12,8 @@ use super::pki::{token_hash, Pki};
 use super::store::{CertIdentity, Store};
 use launcher_core::{Core, Effects, Record, SubmitOutcome, Time};
 use launcher_proto::{
-    CancelOutcome, ErrorKind, ErrorMsg, FromAgent, JobId, JobInfo, JobSpec, NodeId, NodeInfo, RegisterMsg, Response,
-    ToAgent,
+    CancelOutcome, ErrorKind, ErrorMsg, ExecMsg, ExitStatus, FromAgent, JobId, JobInfo, JobSpec, JobState, NodeId,
+    NodeInfo, RegisterMsg, Response, ToAgent,
 };
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -228,7 +228,13 @@ impl Driver {
                     let _ = reply.send((node, generation));
                 }));
             }
-            Input::Agent { node, msg } => self.core.on_agent(t, fx, node, msg),
+            Input::Agent { node, msg } => match msg {
+                FromAgent::ExecStart { .. }
+                | FromAgent::ExecOutput { .. }
+                | FromAgent::ExecExited { .. }
+                | FromAgent::ExecKill { .. } => self.route_exec(node, msg, fx),
+                msg => self.core.on_agent(t, fx, node, msg),
+            },
             Input::AgentDown { node, generation } => {
                 if agents.get(&node).is_some_and(|(g, _)| *g == generation) {
                     agents.remove(&node);
@@ -259,6 +265,49 @@ impl Driver {
                 }));
             }
             Input::Shutdown => {}
+        }
+    }
+
+    /// `launcher exec` relay: a start goes to the target node only if both the
+    /// caller's node and the target belong to the caller's running job; output,
+    /// exits and kills travel between the two agents. Nothing is persisted: a
+    /// relay lost in a controller restart ends like a dropped ssh connection.
+    fn route_exec(&self, from: NodeId, msg: FromAgent, fx: &mut Fx) {
+        let running =
+            |job: JobId| self.core.job(job).filter(|j| matches!(j.state, JobState::Starting | JobState::Running));
+        match msg {
+            FromAgent::ExecStart { id, job, attempt, node, argv, shell, cwd, env } => {
+                let refuse = |why: String| (from, ToAgent::ExecExited { id, status: ExitStatus::LaunchFailed(why) });
+                let (to, m) = match running(job).filter(|j| j.attempt == attempt) {
+                    None => refuse(format!("job {job} is not running")),
+                    Some(j) if !j.alloc.iter().any(|a| a.node == from) => {
+                        refuse(format!("job {job} has no tasks on the calling node"))
+                    }
+                    Some(j) => match j.alloc.iter().find(|a| a.name == node) {
+                        None => refuse(format!(
+                            "node {node:?} is not part of job {job}'s allocation (its nodes: {})",
+                            j.alloc.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )),
+                        Some(a) => (
+                            a.node,
+                            ToAgent::Exec(Box::new(ExecMsg { origin: from, id, job, attempt, argv, shell, cwd, env })),
+                        ),
+                    },
+                };
+                fx.sends.push((to, m));
+            }
+            FromAgent::ExecOutput { origin, id, stream, data } => {
+                fx.sends.push((origin, ToAgent::ExecOutput { id, stream, data }));
+            }
+            FromAgent::ExecExited { origin, id, status } => {
+                fx.sends.push((origin, ToAgent::ExecExited { id, status }));
+            }
+            FromAgent::ExecKill { id, job, node } => {
+                if let Some(a) = running(job).and_then(|j| j.alloc.iter().find(|a| a.name == node)) {
+                    fx.sends.push((a.node, ToAgent::ExecKill { origin: from, id }));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -30,6 +30,8 @@
 //! * [`NetnsCluster::command`] runs a program inside a node's network namespace and
 //!   a fresh UTS namespace whose hostname is the node's name:
 //!   `ip netns exec <ns> unshare --uts -- sh -c 'hostname "$0" && exec "$@"' <node> <program> <args..>`.
+//! * Every namespace gets `/etc/netns/<ns>/hosts` naming all nodes, which `ip netns exec`
+//!   mounts over /etc/hosts: node names resolve without DNS (MPI launchers look them up).
 //! * [`NetnsCluster::teardown`] (also run on drop) deletes the veths, namespaces,
 //!   bridge and pid file. Processes still running in a namespace keep it alive
 //!   (isolated) until they exit; callers should stop node agents first.
@@ -53,6 +55,8 @@ pub const LOCK_PATH: &str = "/run/launcher-netns.lock";
 pub const PID_DIR: &str = "/run/launcher-netns";
 /// Where iproute2 keeps named network namespaces.
 const NETNS_DIR: &str = "/run/netns";
+/// Per-namespace files `ip netns exec` bind-mounts over /etc (we write `hosts`).
+const ETC_NETNS_DIR: &str = "/etc/netns";
 /// Prefix of all namespace names created here.
 const NS_PREFIX: &str = "launcher-";
 /// Linux interface name limit (IFNAMSIZ - 1).
@@ -183,6 +187,19 @@ impl NetnsCluster {
             cluster.ip_cmd(&["-n", &node.ns, "addr", "add", &cidr, "dev", "eth0"])?;
             cluster.ip_cmd(&["-n", &node.ns, "link", "set", "eth0", "up"])?;
             cluster.ip_cmd(&["-n", &node.ns, "route", "add", "default", "via", &gw])?;
+        }
+        // Node names resolve inside every namespace without DNS (the host's resolver
+        // is usually unreachable from the bridge: every lookup of `node2` would wait
+        // 20 s). `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts.
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for node in &cluster.nodes {
+            hosts += &format!("{} {}\n", node.addr, node.name);
+        }
+        for node in &cluster.nodes {
+            let dir = Path::new(ETC_NETNS_DIR).join(&node.ns);
+            fs::create_dir_all(&dir)
+                .and_then(|()| fs::write(dir.join("hosts"), &hosts))
+                .with_context(|| format!("writing {}/hosts", dir.display()))?;
         }
         Ok(cluster)
     }
@@ -512,6 +529,7 @@ fn delete_link(ip: &Path, name: &str) {
 }
 
 fn delete_netns(ip: &Path, name: &str) {
+    let _ = fs::remove_dir_all(Path::new(ETC_NETNS_DIR).join(name));
     if !Path::new(NETNS_DIR).join(name).exists() {
         return;
     }

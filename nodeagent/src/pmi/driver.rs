@@ -73,14 +73,86 @@ pub struct StepCtx {
     pub table: JobTable,
 }
 
-/// Serve PMI to `conns` until every rank has closed its end.
-pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, ctx: StepCtx) {
+/// A TCP listener for `PMI_PORT` on this node's address (`host`, or loopback
+/// when the node has none), and the `host:port` value for the ranks.
+pub fn port_listener(host: &str) -> std::io::Result<(std::net::TcpListener, String)> {
+    let ip: std::net::IpAddr = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let l = std::net::TcpListener::bind((ip, 0))?;
+    l.set_nonblocking(true)?;
+    let port = l.local_addr()?.port();
+    Ok((l, format!("{ip}:{port}")))
+}
+
+/// One client connection: a rank's `PMI_FD` socket, or a `PMI_PORT` TCP connection.
+struct Conn {
+    /// The rank, known up front for `PMI_FD` and after `cmd=initack` for `PMI_PORT`.
+    rank: Option<u32>,
+    /// Whether the connection carried a PMI line.
+    talked: bool,
+    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+}
+
+fn read_lines(
+    id: usize,
+    r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    tx: UnboundedSender<(usize, Option<String>)>,
+) {
+    tokio::spawn(async move {
+        let mut r = tokio::io::BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = tx.send((id, Some(String::from_utf8_lossy(&buf).into_owned())));
+                }
+            }
+        }
+        let _ = tx.send((id, None));
+    });
+}
+
+fn set_progress(table: &JobTable, job: JobId, attempt: u32, rank: u32, p: crate::exec::PmiProgress) {
+    if let Some(t) = table.lock().expect("job table lock").get_mut(&(job, attempt)).and_then(|j| j.tasks.get_mut(&rank))
+    {
+        if t.pmi != crate::exec::PmiProgress::Finalized {
+            t.pmi = p;
+        }
+    }
+}
+
+/// Whether every local task of the step has exited (or the step is gone).
+fn all_exited(table: &JobTable, job: JobId, attempt: u32) -> bool {
+    table
+        .lock()
+        .expect("job table lock")
+        .get(&(job, attempt))
+        .is_none_or(|j| j.tasks.values().all(|t| t.exit.is_some()))
+}
+
+/// Serve PMI to `conns` (and to `PMI_PORT` connections on `listener`) until
+/// every connection has closed and, when a listener is open, every local task
+/// has exited.
+///
+/// A `PMI_FD` socket that closes without ever carrying a line is not a dead
+/// rank: a wrapper closed its copy, and the rank may still connect through
+/// `PMI_PORT` (`cmd=initack pmiid=<rank>`).
+pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, listener: Option<std::net::TcpListener>, ctx: StepCtx) {
     let (fence_tx, mut fence_rx) = unbounded_channel::<FenceResult>();
     ctx.routes.lock().expect("pmi routes lock").insert((ctx.job, ctx.attempt), Route { tx: fence_tx, pending: None });
     tokio::spawn(async move {
-        let (line_tx, mut line_rx) = unbounded_channel::<(u32, Option<String>)>();
-        let mut writers = HashMap::new();
-        let mut live = 0usize;
+        let listener = listener.and_then(|l| match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(job = %ctx.job, "PMI_PORT listener unusable: {e}");
+                None
+            }
+        });
+        let (line_tx, mut line_rx) = unbounded_channel::<(usize, Option<String>)>();
+        let mut open: HashMap<usize, Conn> = HashMap::new();
+        let mut by_rank: HashMap<u32, usize> = HashMap::new();
+        let mut next_id = 0usize;
         for (rank, s) in conns {
             let s = match s.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(s)) {
                 Ok(s) => s,
@@ -90,34 +162,50 @@ pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, ctx: StepCtx) {
                 }
             };
             let (r, w) = s.into_split();
-            writers.insert(rank, w);
-            live += 1;
-            let tx = line_tx.clone();
-            tokio::spawn(async move {
-                let mut r = tokio::io::BufReader::new(r);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let _ = tx.send((rank, Some(String::from_utf8_lossy(&buf).into_owned())));
-                        }
-                    }
-                }
-                let _ = tx.send((rank, None));
-            });
+            open.insert(next_id, Conn { rank: Some(rank), talked: false, writer: Box::new(w) });
+            by_rank.insert(rank, next_id);
+            read_lines(next_id, r, line_tx.clone());
+            next_id += 1;
         }
-        drop(line_tx);
         let mut seq = 0u64;
         let mut work: VecDeque<Effect> = VecDeque::new();
-        while live > 0 {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            if open.is_empty() && (listener.is_none() || all_exited(&ctx.table, ctx.job, ctx.attempt)) {
+                break;
+            }
             tokio::select! {
                 msg = line_rx.recv() => match msg {
-                    Some((rank, Some(line))) => work.extend(engine.on_line(rank, &line)),
-                    Some((rank, None)) => {
-                        engine.on_disconnect(rank);
-                        live -= 1;
+                    Some((id, Some(line))) => {
+                        let Some(conn) = open.get_mut(&id) else { continue };
+                        conn.talked = true;
+                        match conn.rank {
+                            Some(rank) => {
+                                set_progress(&ctx.table, ctx.job, ctx.attempt, rank, crate::exec::PmiProgress::Started);
+                                work.extend(engine.on_line(rank, &line));
+                            }
+                            None => match engine.on_initack(&line) {
+                                Ok((rank, fx)) => {
+                                    conn.rank = Some(rank);
+                                    by_rank.insert(rank, id);
+                                    set_progress(&ctx.table, ctx.job, ctx.attempt, rank, crate::exec::PmiProgress::Started);
+                                    work.extend(fx);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(job = %ctx.job, "PMI_PORT connection refused: {e}");
+                                    open.remove(&id);
+                                }
+                            },
+                        }
+                    }
+                    Some((id, None)) => {
+                        if let Some(conn) = open.remove(&id) {
+                            if let Some(rank) = conn.rank {
+                                if conn.talked && by_rank.get(&rank) == Some(&id) {
+                                    engine.on_disconnect(rank);
+                                }
+                            }
+                        }
                     }
                     None => break,
                 },
@@ -133,12 +221,35 @@ pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, ctx: StepCtx) {
                         Err(e) => tracing::warn!(job = %ctx.job, "PMI fence result: {e}"),
                     }
                 }
+                accepted = async {
+                    match &listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => match accepted {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        let (r, w) = s.into_split();
+                        open.insert(next_id, Conn { rank: None, talked: false, writer: Box::new(w) });
+                        read_lines(next_id, r, line_tx.clone());
+                        next_id += 1;
+                    }
+                    Err(e) => tracing::warn!(job = %ctx.job, "PMI_PORT accept: {e}"),
+                },
+                _ = tick.tick() => {}
             }
+            // A finalized rank may exit as soon as it reads finalize_ack: record it first.
+            for e in &work {
+                if let Effect::Finalized { rank } = e {
+                    set_progress(&ctx.table, ctx.job, ctx.attempt, *rank, crate::exec::PmiProgress::Finalized);
+                }
+            }
+            let mut finalized = Vec::new();
             while let Some(effect) = work.pop_front() {
                 match effect {
                     Effect::Reply { rank, line } => {
-                        if let Some(w) = writers.get_mut(&rank) {
-                            let _ = w.write_all(line.as_bytes()).await;
+                        if let Some(w) = by_rank.get(&rank).and_then(|id| open.get_mut(id)) {
+                            let _ = w.writer.write_all(line.as_bytes()).await;
                         }
                     }
                     Effect::FenceReady { puts } => {
@@ -149,7 +260,7 @@ pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, ctx: StepCtx) {
                                 Err(e) => tracing::warn!(job = %ctx.job, "PMI fence: {e}"),
                             }
                         } else {
-                            let msg = FromAgent::Fence { job: ctx.job, attempt: ctx.attempt, seq, puts };
+                            let msg = FromAgent::Fence { job: ctx.job, attempt: ctx.attempt, seq, span: 1, puts };
                             if let Some(r) =
                                 ctx.routes.lock().expect("pmi routes lock").get_mut(&(ctx.job, ctx.attempt))
                             {
@@ -170,11 +281,14 @@ pub fn spawn(mut engine: Engine, conns: Vec<(u32, UnixStream)>, ctx: StepCtx) {
                         // Do not wait for the controller's round trip to stop our own ranks.
                         crate::exec::kill(&ctx.table, ctx.job, ctx.attempt, Duration::from_secs(2));
                     }
-                    Effect::Finalized { .. } => {}
+                    Effect::Finalized { rank } => finalized.push(rank),
                     Effect::ProtocolError { rank, error } => {
                         tracing::warn!(job = %ctx.job, rank, "PMI protocol error: {error}");
                     }
                 }
+            }
+            if !finalized.is_empty() {
+                let _ = ctx.out.send(FromAgent::PmiFinalized { job: ctx.job, attempt: ctx.attempt, ranks: finalized });
             }
         }
         ctx.routes.lock().expect("pmi routes lock").remove(&(ctx.job, ctx.attempt));
