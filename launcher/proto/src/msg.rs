@@ -921,6 +921,9 @@ mod tests {
                 1, 4, b't', b'r', b'u', b'e', // command
                 0, 0, 0, 0, 0, // script cwd output error user
                 0, // mpi Auto
+                0, 0, // depends [], array None
+                1, 0, // retry: attempts 1, evaluate_on_exit []
+                0, 0, 0, // share None, scheduling_priority 0, jobdef None
                 0, // finalize_grace_s None
                 1, 5 // key Some(5)
             ]
