@@ -10,10 +10,12 @@
 //! [`wire`] (QUIC transport shared with the CLI).
 
 pub mod agent;
+pub mod bind;
 pub mod exec;
 pub mod hostlist;
 pub mod inventory;
 pub mod pmi;
+pub mod topo;
 pub mod users;
 pub mod wire;
 

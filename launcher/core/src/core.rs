@@ -402,7 +402,7 @@ impl Core {
                 let reason = j.fail.clone().expect("set above");
                 self.terminate(now, fx, job, reason);
             }
-            FromAgent::Output { .. } | FromAgent::Heartbeat { .. } => {}
+            FromAgent::Output { .. } | FromAgent::Heartbeat { .. } | FromAgent::Bindings { .. } => {}
         }
     }
 
@@ -824,6 +824,7 @@ impl Core {
             submit_time: job.submit_time,
             start_time: job.start_time,
             end_time: job.end_time,
+            bindings: Vec::new(),
         })
     }
 

@@ -25,7 +25,7 @@ pub use msg::*;
 
 /// The protocol version this build speaks. Peers must match exactly (see
 /// `docs/protocol.md` §2 for the compatibility window).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN identifier negotiated on every QUIC connection.
 pub const ALPN: &[u8] = b"launcher/1";

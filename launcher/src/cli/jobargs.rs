@@ -44,6 +44,27 @@ pub struct JobArgs {
     /// PMI for direct MPI launch: `auto` (every job with more than one task), `pmi1`, or `none`.
     #[arg(long, value_name = "MODE")]
     pub mpi: Option<String>,
+    /// GPUs every allocated node must have free for this job.
+    #[arg(long, value_name = "G")]
+    pub gpus_per_node: Option<u32>,
+    /// GPUs per task (sets CUDA_VISIBLE_DEVICES; implies --gpus-per-node tasks-per-node x G).
+    #[arg(long, value_name = "G")]
+    pub gpus_per_task: Option<u32>,
+    /// Only nodes with this feature (agent `--feature`); repeatable, all must match.
+    #[arg(short = 'C', long = "constraint", value_name = "FEATURE")]
+    pub constraint: Vec<String>,
+    /// CPU binding per task: auto, none, cores, threads, numa, or map:LIST (OS CPU numbers).
+    #[arg(long, value_name = "MODE")]
+    pub cpu_bind: Option<String>,
+    /// Task order over a node's sockets: block or cyclic.
+    #[arg(short = 'm', long, value_name = "DIST")]
+    pub distribution: Option<String>,
+    /// GPU binding per task: closest, none (all the step's GPUs), or map:LIST (GPU indices).
+    #[arg(long, value_name = "MODE")]
+    pub gpu_bind: Option<String>,
+    /// NIC for fabric hints (UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, FI_PROVIDER...): closest, an interface name, or none.
+    #[arg(long, value_name = "NIC")]
+    pub nic: Option<String>,
 }
 
 impl JobArgs {
@@ -63,6 +84,13 @@ impl JobArgs {
             error: self.error.or(other.error),
             chdir: self.chdir.or(other.chdir),
             mpi: self.mpi.or(other.mpi),
+            gpus_per_node: self.gpus_per_node.or(other.gpus_per_node),
+            gpus_per_task: self.gpus_per_task.or(other.gpus_per_task),
+            constraint: if self.constraint.is_empty() { other.constraint } else { self.constraint },
+            cpu_bind: self.cpu_bind.or(other.cpu_bind),
+            distribution: self.distribution.or(other.distribution),
+            gpu_bind: self.gpu_bind.or(other.gpu_bind),
+            nic: self.nic.or(other.nic),
         }
     }
 
@@ -112,6 +140,46 @@ impl JobArgs {
                 Some("none") => launcher_proto::MpiMode::None,
                 Some(other) => bail!("--mpi {other:?}: expected auto, pmi1 or none"),
             },
+            gpus_per_node: 0,
+            constraint: self.constraint.clone(),
+            bind: launcher_proto::BindSpec {
+                cpu: self
+                    .cpu_bind
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                distribution: self
+                    .distribution
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                gpus_per_task: self.gpus_per_task.unwrap_or(0),
+                gpu: self
+                    .gpu_bind
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                nic: self
+                    .nic
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+            },
+        };
+        // --gpus-per-task alone implies the per-node GPU count the scheduler must find.
+        let mut spec = spec;
+        let busiest = spec.tasks.div_ceil(spec.nodes.max(1));
+        spec.gpus_per_node = match self.gpus_per_node {
+            Some(g) => g,
+            None => busiest.saturating_mul(spec.bind.gpus_per_task),
         };
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)
