@@ -113,6 +113,18 @@ fn local_addr_towards(controller: std::net::SocketAddr) -> String {
         .unwrap_or_default()
 }
 
+/// This machine's topology: hwloc, /sys, and NVML when it loads. A failure
+/// leaves an empty topology (tasks then run unbound) rather than no agent.
+pub fn live_topology() -> crate::topo::Topology {
+    let gpus = crate::topo::gpu::nvml_or_none();
+    tracing::info!("GPU source: {}", gpus.describe());
+    let src = crate::topo::Source { xml: None, sysfs: Path::new("/sys"), gpus: gpus.as_ref(), own_netns_only: true };
+    crate::topo::discover(&src).unwrap_or_else(|e| {
+        tracing::warn!("topology discovery failed, tasks will not be bound: {e}");
+        Default::default()
+    })
+}
+
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(mut args: AgentArgs) -> Result<()> {
     // Job scripts are exec'd after a chdir: every path we hand out must be absolute.
@@ -138,9 +150,18 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     inv.hostname = hostname();
     inv.features = args.features.clone();
     inv.agent_version = env!("CARGO_PKG_VERSION").into();
+    let topo = live_topology();
+    tracing::info!("topology: {}", topo.summary());
+    inventory::merge_topology(&mut inv, &topo);
     let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
     tracing::info!(?users, "task identity policy");
-    let facts = NodeFacts { name: name.clone(), state_dir: args.state_dir.clone(), users, pmi: Default::default() };
+    let facts = NodeFacts {
+        name: name.clone(),
+        state_dir: args.state_dir.clone(),
+        users,
+        pmi: Default::default(),
+        topo: std::sync::Arc::new(topo),
+    };
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 

@@ -123,6 +123,11 @@ pub struct Core {
     next_generation: u64,
 }
 
+/// Whether a node could ever hold the job's GPUs and has all its features.
+fn gres_fit_ever(n: &Node, spec: &launcher_proto::JobSpec) -> bool {
+    n.rec.inventory.gpus >= spec.gpus_per_node && spec.constraint.iter().all(|f| n.rec.inventory.features.contains(f))
+}
+
 /// Tasks per node for `tasks` spread block-wise over `nodes`.
 fn tasks_per_node(tasks: u32, nodes: u32) -> Vec<u32> {
     let base = tasks / nodes;
@@ -228,6 +233,9 @@ impl Core {
                 spec.queue,
                 self.cfg.queues.join(", ")
             ));
+        }
+        if let Some(why) = self.gres_refusal(&spec) {
+            return SubmitOutcome::Rejected(why);
         }
         let id = JobId(self.next_job);
         self.next_job += 1;
@@ -723,6 +731,7 @@ impl Core {
             .nodes
             .values()
             .filter(|n| n.connected() && n.free_cpus() >= need(small) && n.free_mem() >= spec.mem_mib)
+            .filter(|n| self.gres_fit_now(n, spec))
             .collect();
         if cands.len() < spec.nodes as usize {
             return None;
@@ -772,6 +781,7 @@ impl Core {
         let fitting = live
             .iter()
             .filter(|n| n.rec.inventory.cpus >= need_cpus && n.rec.inventory.mem_mib >= spec.mem_mib)
+            .filter(|n| gres_fit_ever(n, spec))
             .count();
         if fitting >= spec.nodes as usize {
             return None;
@@ -785,6 +795,53 @@ impl Core {
             live.len(),
             fitting,
             biggest
+        ))
+    }
+
+    // ------------------------------------------- GPUs and node features
+    // Kept apart from the CPU/memory fit above so a scheduler rewrite can take
+    // it over unchanged: a node fits if it has the job's GPUs free and every
+    // feature the job asks for (`--gpus-per-node`, `--constraint`).
+
+    /// GPUs held on a node by the jobs allocated there.
+    fn gpus_in_use(&self, n: &Node) -> u32 {
+        n.jobs.iter().filter_map(|j| self.jobs.get(j)).map(|j| j.spec.gpus_per_node).sum()
+    }
+
+    /// Whether a node has the job's GPUs free now and all its features.
+    fn gres_fit_now(&self, n: &Node, spec: &launcher_proto::JobSpec) -> bool {
+        gres_fit_ever(n, spec) && n.rec.inventory.gpus.saturating_sub(self.gpus_in_use(n)) >= spec.gpus_per_node
+    }
+
+    /// At submit: why no node this cluster has ever registered could run the
+    /// job for lack of GPUs or features (None if enough could, or if no node
+    /// has registered yet).
+    fn gres_refusal(&self, spec: &launcher_proto::JobSpec) -> Option<String> {
+        if (spec.gpus_per_node == 0 && spec.constraint.is_empty()) || self.nodes.is_empty() {
+            return None;
+        }
+        let fitting = self.nodes.values().filter(|n| gres_fit_ever(n, spec)).count();
+        if fitting >= spec.nodes as usize {
+            return None;
+        }
+        let most = self.nodes.values().map(|n| n.rec.inventory.gpus).max().unwrap_or(0);
+        let features: BTreeSet<&str> =
+            self.nodes.values().flat_map(|n| n.rec.inventory.features.iter().map(String::as_str)).collect();
+        let mut want = Vec::new();
+        if spec.gpus_per_node > 0 {
+            want.push(format!("{} GPU(s)", spec.gpus_per_node));
+        }
+        if !spec.constraint.is_empty() {
+            want.push(format!("feature(s) {}", spec.constraint.join(",")));
+        }
+        Some(format!(
+            "no way to run: it needs {} node(s) with {}, but only {} of the cluster's {} node(s) have that (most GPUs on a node: {}; features: {})",
+            spec.nodes,
+            want.join(" and "),
+            fitting,
+            self.nodes.len(),
+            most,
+            if features.is_empty() { "none".to_string() } else { features.into_iter().collect::<Vec<_>>().join(",") }
         ))
     }
 
