@@ -232,6 +232,9 @@ fn assign_gpus(topo: &Topology, req: &StepRequest<'_>) -> Result<Vec<Vec<u32>>, 
     Ok(out)
 }
 
+/// A placement unit: (package, NUMA node, its PUs) — a core, or one hardware thread.
+type Unit = (u32, u32, Vec<u32>);
+
 fn assign_cpus(
     topo: &Topology,
     req: &StepRequest<'_>,
@@ -270,7 +273,7 @@ fn assign_cpus(
         CpuBind::Cores | CpuBind::Threads | CpuBind::Auto => {
             let threads = matches!(req.bind.cpu, CpuBind::Threads);
             // Units: whole cores, or single PUs; free = no PU busy.
-            let mut units: Vec<(u32, u32, Vec<u32>)> = Vec::new(); // (package, numa, pus)
+            let mut units: Vec<Unit> = Vec::new();
             for core in &topo.cores {
                 if threads {
                     for &pu in &core.pus {
@@ -313,7 +316,7 @@ fn assign_cpus(
                     Distribution::Cyclic if !packages.is_empty() => Some(packages[i % packages.len()]),
                     _ => None,
                 };
-                let tiers: [&dyn Fn(&(u32, u32, Vec<u32>)) -> bool; 3] = [
+                let tiers: [&dyn Fn(&Unit) -> bool; 3] = [
                     &|u| gpu_numa.is_some_and(|m| u.1 == m),
                     &|u| gpu_pkg.or(dist_pkg).is_some_and(|p| u.0 == p),
                     &|_| true,
