@@ -126,3 +126,36 @@ fn nvml_gpus_have_locality_and_plans() {
         );
     }
 }
+
+/// Where the host has cgroup v1 cpusets and the agent is root, each pinned task
+/// also sits in its own cpuset cgroup holding exactly its CPUs.
+#[test]
+fn pinned_tasks_sit_in_their_own_cpuset_cgroup() {
+    let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !root.join("cpuset.cpus").is_file() {
+        println!("SKIP: needs root and a cgroup v1 cpuset hierarchy at /sys/fs/cgroup/cpuset");
+        return;
+    }
+    if nodeagent::inventory::usable_cpus() < 2 {
+        println!("SKIP: needs 2 usable CPUs");
+        return;
+    }
+    let c = Cluster::start(1, 2, false);
+    let script = "p=$(awk -F: '$2==\"cpuset\"{print $3}' /proc/self/cgroup); echo $LAUNCHER_RANK $p $(cat /sys/fs/cgroup/cpuset$p/cpuset.cpus) $LAUNCHER_CPUS";
+    let out = c.cli(&["run", "-n", "2", "--cpu-bind", "cores", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (rank, l) in lines.iter().enumerate() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "{l}");
+        assert!(
+            f[1].starts_with("/launcher/node1/") && f[1].ends_with(&format!(".1/{rank}")),
+            "cgroup of rank {rank}: {l}"
+        );
+        assert_eq!(f[2], f[3], "the cgroup holds exactly the planned CPUs: {l}");
+    }
+}

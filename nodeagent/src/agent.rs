@@ -161,7 +161,11 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
         users,
         pmi: Default::default(),
         topo: std::sync::Arc::new(topo),
+        cpusets: crate::cpuset::Cpusets::detect(Path::new("/sys/fs/cgroup/cpuset"), &name),
     };
+    if let Some(cs) = &facts.cpusets {
+        tracing::info!("pinned tasks also get cpuset cgroups: {cs:?}");
+    }
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 
@@ -184,6 +188,11 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     }
     tracing::info!("shutting down: killing local tasks");
     exec::kill_all(&table);
+    if let Some(cs) = &facts.cpusets {
+        // The killed tasks take a moment to leave their cgroups.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cs.remove_all();
+    }
     Ok(())
 }
 
@@ -263,7 +272,7 @@ async fn session(
             match msg {
                 ToAgent::Launch(l) => exec::launch(*l, facts, table, out_tx),
                 ToAgent::Kill(k) => exec::kill(table, k.job, k.attempt, Duration::from_millis(k.grace_ms)),
-                ToAgent::Forget { job, attempt } => exec::forget(table, job, attempt),
+                ToAgent::Forget { job, attempt } => exec::forget(table, facts, job, attempt),
                 ToAgent::FenceDone { job, attempt, seq, puts } => {
                     crate::pmi::driver::deliver(&facts.pmi, job, attempt, seq, puts)
                 }

@@ -55,6 +55,8 @@ pub struct NodeFacts {
     pub pmi: crate::pmi::driver::Routes,
     /// The node's hardware, for binding plans.
     pub topo: Arc<crate::topo::Topology>,
+    /// Per-task cpuset cgroups, where the host has them.
+    pub cpusets: Option<crate::cpuset::Cpusets>,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -285,6 +287,21 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
         let affinity = placed.cpus.as_deref().map(cpu_set);
+        // A cpuset cgroup for a pinned task, where the host has them (kept open until spawned).
+        let cgroup = match (&facts.cpusets, &placed.cpus) {
+            (Some(cs), Some(cpus)) => {
+                let mems = crate::topo::cpulist(&placed.numa);
+                match cs.for_task(msg.job.0, msg.attempt, rank, &crate::topo::cpulist(cpus), &mems) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(job = %msg.job, rank, "no cpuset cgroup for the task, pinning by affinity only: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let cgroup_fd = cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: only async-signal-safe calls between fork and exec. Order
         // matters: groups and gid before uid (they need root), chdir after (the
@@ -292,7 +309,13 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         // (a credential change clears it): no task outlives a lost agent.
         unsafe {
             cmd.pre_exec(move || {
-                // Pin before anything else: the task and all it starts inherit the mask.
+                // Pin before anything else: the task and all it starts inherit it.
+                // Join the cpuset cgroup ("0" = this process), then set the mask.
+                if let Some(fd) = cgroup_fd {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some(set) = &affinity {
                     if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -639,7 +662,7 @@ pub fn kill_all(table: &JobTable) {
 }
 
 /// Forget a finished attempt (the controller has recorded it).
-pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
+pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
     let removed = {
         let mut t = table.lock().expect("job table lock");
         let done = t.get(&(job, attempt)).is_some_and(|j| j.tasks.values().all(|t| t.exit.is_some()));
@@ -649,8 +672,13 @@ pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
             None
         }
     };
-    if let Some(dir) = removed.and_then(|r| r.dir) {
-        let _ = std::fs::remove_dir_all(dir);
+    if let Some(run) = removed {
+        if let Some(cs) = &facts.cpusets {
+            cs.remove(job.0, attempt);
+        }
+        if let Some(dir) = run.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -690,6 +718,7 @@ mod tests {
             users: crate::users::Policy::RunAsSelf,
             pmi: Default::default(),
             topo: Default::default(),
+            cpusets: None,
         };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod bind;
+pub mod cpuset;
 pub mod exec;
 pub mod hostlist;
 pub mod inventory;

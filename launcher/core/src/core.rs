@@ -909,6 +909,7 @@ impl Core {
                         .nodes
                         .values()
                         .filter(|n| n.connected() && n.free_cpus() >= per && n.free_mem() >= spec.mem_mib)
+                        .filter(|n| self.gres_fit_now(n, spec))
                         .count();
                     (
                         Some("Resources".into()),

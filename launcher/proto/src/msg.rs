@@ -921,6 +921,21 @@ mod tests {
     }
 
     #[test]
+    fn placement_options_parse_with_clear_errors() {
+        assert_eq!("cores".parse::<CpuBind>().unwrap(), CpuBind::Cores);
+        assert_eq!("map:0,2-3".parse::<CpuBind>().unwrap(), CpuBind::Map(vec![0, 2, 3]));
+        assert_eq!("map_cpu:5".parse::<CpuBind>().unwrap(), CpuBind::Map(vec![5]));
+        assert!("map:x".parse::<CpuBind>().unwrap_err().contains("list of numbers"));
+        assert!("sockets".parse::<CpuBind>().unwrap_err().contains("expected auto, none, cores, threads, numa"));
+        assert_eq!("cyclic".parse::<Distribution>().unwrap(), Distribution::Cyclic);
+        assert!("plane".parse::<Distribution>().is_err());
+        assert_eq!("map:1,0".parse::<GpuBind>().unwrap(), GpuBind::Map(vec![1, 0]));
+        assert_eq!("ib0".parse::<NicSelect>().unwrap(), NicSelect::Name("ib0".into()));
+        assert_eq!("none".parse::<NicSelect>().unwrap(), NicSelect::None);
+        assert!("a b".parse::<NicSelect>().is_err());
+    }
+
+    #[test]
     fn exit_status_codes() {
         assert_eq!(ExitStatus::Code(3).code(), 3);
         assert_eq!(ExitStatus::Signal(9).code(), 137);
