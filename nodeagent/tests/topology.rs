@@ -182,3 +182,41 @@ fn a_missing_xml_file_is_a_clear_error() {
     .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/node.xml"), "{e}");
 }
+
+#[test]
+fn inventory_and_plan_commands_read_a_fixture() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpu4-ib2");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeagent"))
+            .args(args)
+            .arg("--xml")
+            .arg(dir.join("topology.xml"))
+            .arg("--sysfs")
+            .arg(dir.join("sysfs"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text, err) = run(&["inventory"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.starts_with(
+            "2 package(s), 2 NUMA node(s), 32 cores, 64 PUs, 512 GiB, 4 GPU(s), NICs: eno1(eth) ib0(ib) ib1(ib)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("NIC ib1  ib  driver mlx5_core  rdma mlx5_1  200 Gb/s  pci 0000:83:00.0"), "{text}");
+    let (ok, json, _) = run(&["inventory", "--json"]);
+    assert!(ok);
+    let t: Topology = serde_json::from_str(&json).unwrap();
+    assert_eq!(t.gpus.len(), 4);
+    let (ok, table, _) = run(&["plan", "-n", "4", "-c", "8", "--gpus-per-task", "1"]);
+    assert!(ok);
+    assert_eq!(table.lines().nth(3).unwrap(), "2     gpu4-ib2  16-19,48-51  1     2     ib1");
+    let (ok, _, err) = run(&["plan", "-n", "5", "--gpus-per-task", "1"]);
+    assert!(!ok && err.contains("need 5 GPU(s) on this node, but it has 4 free"), "{err}");
+}
