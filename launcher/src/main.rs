@@ -94,6 +94,9 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Print where each rank runs: node, CPUs, NUMA nodes, GPUs, NIC.
+        #[arg(long)]
+        bindings: bool,
     },
     /// Cancel jobs: waiting ones are dropped, running ones terminated on every node.
     Cancel {
@@ -272,7 +275,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Policy { cmd } => cli::admin::policy(cred, cmd).await,
         Cmd::Jobdef { cmd } => cli::admin::jobdef(cred, cmd).await,
         Cmd::Queue { all, json } => cli::queue(cred, all, json).await,
-        Cmd::Show { job, json } => cli::show(cred, job, json).await,
+        Cmd::Show { job, json, bindings } => cli::show(cred, job, json, bindings).await,
         Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,
         Cmd::Logs { job, rank, follow, label } => cli::logs(cred, job, rank, follow, label).await,
         Cmd::Nodes { json } => cli::nodes(cred, json).await,

@@ -113,6 +113,18 @@ fn local_addr_towards(controller: std::net::SocketAddr) -> String {
         .unwrap_or_default()
 }
 
+/// This machine's topology: hwloc, /sys, and NVML when it loads. A failure
+/// leaves an empty topology (tasks then run unbound) rather than no agent.
+pub fn live_topology() -> crate::topo::Topology {
+    let gpus = crate::topo::gpu::nvml_or_none();
+    tracing::info!("GPU source: {}", gpus.describe());
+    let src = crate::topo::Source { xml: None, sysfs: Path::new("/sys"), gpus: gpus.as_ref(), own_netns_only: true };
+    crate::topo::discover(&src).unwrap_or_else(|e| {
+        tracing::warn!("topology discovery failed, tasks will not be bound: {e}");
+        Default::default()
+    })
+}
+
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(mut args: AgentArgs) -> Result<()> {
     // Job scripts are exec'd after a chdir: every path we hand out must be absolute.
@@ -138,6 +150,9 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     inv.hostname = hostname();
     inv.features = args.features.clone();
     inv.agent_version = env!("CARGO_PKG_VERSION").into();
+    let topo = live_topology();
+    tracing::info!("topology: {}", topo.summary());
+    inventory::merge_topology(&mut inv, &topo);
     let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
     tracing::info!(?users, "task identity policy");
     let facts = NodeFacts {
@@ -146,7 +161,12 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
         users,
         pmi: Default::default(),
         exec: Default::default(),
+        topo: std::sync::Arc::new(topo),
+        cpusets: crate::cpuset::Cpusets::detect(Path::new("/sys/fs/cgroup/cpuset"), &name),
     };
+    if let Some(cs) = &facts.cpusets {
+        tracing::info!("pinned tasks also get cpuset cgroups: {cs:?}");
+    }
     let table: JobTable = Default::default();
     let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 
@@ -169,6 +189,11 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     }
     tracing::info!("shutting down: killing local tasks");
     exec::kill_all(&table);
+    if let Some(cs) = &facts.cpusets {
+        // The killed tasks take a moment to leave their cgroups.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cs.remove_all();
+    }
     Ok(())
 }
 
@@ -248,7 +273,7 @@ async fn session(
             match msg {
                 ToAgent::Launch(l) => exec::launch(*l, facts, table, out_tx),
                 ToAgent::Kill(k) => exec::kill(table, k.job, k.attempt, Duration::from_millis(k.grace_ms)),
-                ToAgent::Forget { job, attempt } => exec::forget(table, job, attempt),
+                ToAgent::Forget { job, attempt } => exec::forget(table, facts, job, attempt),
                 ToAgent::FenceDone { job, attempt, seq, puts } => {
                     crate::pmi::driver::deliver(&facts.pmi, job, attempt, seq, puts)
                 }

@@ -53,6 +53,10 @@ pub struct JobRun {
     pub killing: bool,
     /// What `launcher exec` needs to run commands for this job here.
     pub exec: Option<crate::remote::JobExec>,
+    /// PUs its tasks are bound to (other steps avoid them).
+    pub cpus: std::collections::BTreeSet<u32>,
+    /// GPUs its tasks were given (never shared with another step).
+    pub gpus: std::collections::BTreeSet<u32>,
 }
 
 /// Every job attempt this agent holds, keyed by (job, attempt).
@@ -71,6 +75,10 @@ pub struct NodeFacts {
     pub pmi: crate::pmi::driver::Routes,
     /// `launcher exec` requests relayed for local callers.
     pub exec: crate::remote::Pending,
+    /// The node's hardware, for binding plans.
+    pub topo: Arc<crate::topo::Topology>,
+    /// Per-task cpuset cgroups, where the host has them.
+    pub cpusets: Option<crate::cpuset::Cpusets>,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -298,8 +306,32 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
             Err(e) => tracing::warn!(job = %msg.job, "no hostfiles or launcher exec for this job: {e}"),
         }
     }
+    // Placement: a pure plan from the topology, then applied per task below.
+    let plans = match plan_step(&msg, facts, table, key) {
+        Ok(p) => p,
+        Err(e) => {
+            setup_error.get_or_insert(format!("cannot place the tasks on node {}: {e}", facts.name));
+            Vec::new()
+        }
+    };
+    if setup_error.is_none() {
+        let tasks = msg
+            .tasks
+            .iter()
+            .zip(&plans)
+            .map(|(t, p)| launcher_proto::TaskBinding {
+                rank: t.rank,
+                node: facts.name.clone(),
+                cpus: p.cpus.as_deref().map(crate::topo::cpulist).unwrap_or_default(),
+                numa: p.numa.clone(),
+                gpus: p.gpus.clone(),
+                nic: p.nic.clone(),
+            })
+            .collect();
+        let _ = out.send(FromAgent::Bindings { job: msg.job, attempt: msg.attempt, tasks });
+    }
 
-    for task in &msg.tasks {
+    for (i, task) in msg.tasks.iter().enumerate() {
         let rank = task.rank;
         let fail = |e: String| {
             record_exit(table, key, rank, ExitStatus::LaunchFailed(e.clone()));
@@ -315,9 +347,13 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
             continue;
         }
         let (prog, args) = program.clone().expect("program set when no setup error");
+        let placed = &plans[i];
         let mut cmd = tokio::process::Command::new(&prog);
         cmd.args(&args)
             .envs(task_env(&msg, facts, rank, task.local_rank))
+            .envs(placed.env.iter().cloned())
+            // The user's --env wins over the plan's hints too.
+            .envs(spec.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -359,6 +395,22 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 .env("LAUNCHER_RSH", d.join(crate::remote::RSH));
         }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
+        let affinity = placed.cpus.as_deref().map(cpu_set);
+        // A cpuset cgroup for a pinned task, where the host has them (kept open until spawned).
+        let cgroup = match (&facts.cpusets, &placed.cpus) {
+            (Some(cs), Some(cpus)) => {
+                let mems = crate::topo::cpulist(&placed.numa);
+                match cs.for_task(msg.job.0, msg.attempt, rank, &crate::topo::cpulist(cpus), &mems) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(job = %msg.job, rank, "no cpuset cgroup for the task, pinning by affinity only: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let cgroup_fd = cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: only async-signal-safe calls between fork and exec. Order
         // matters: groups and gid before uid (they need root), chdir after (the
@@ -366,6 +418,18 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         // (a credential change clears it): no task outlives a lost agent.
         unsafe {
             cmd.pre_exec(move || {
+                // Pin before anything else: the task and all it starts inherit it.
+                // Join the cpuset cgroup ("0" = this process), then set the mask.
+                if let Some(fd) = cgroup_fd {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(set) = &affinity {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some((uid, gid, groups)) = &creds {
                     if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                         || libc::setgid(*gid) != 0
@@ -427,6 +491,53 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         );
     }
     let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
+}
+
+/// Plan this attempt's local tasks, avoiding CPUs and GPUs that other held
+/// attempts' live tasks use, and record what it takes.
+fn plan_step(
+    msg: &LaunchMsg,
+    facts: &NodeFacts,
+    table: &JobTable,
+    key: (JobId, u32),
+) -> Result<Vec<crate::bind::TaskPlan>, crate::bind::PlanError> {
+    let mut t = table.lock().expect("job table lock");
+    let (mut busy_cpus, mut busy_gpus) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for (k, run) in t.iter() {
+        if *k != key && run.tasks.values().any(|x| x.exit.is_none()) {
+            busy_cpus.extend(run.cpus.iter().copied());
+            busy_gpus.extend(run.gpus.iter().copied());
+        }
+    }
+    let req = crate::bind::StepRequest {
+        tasks: msg.tasks.len() as u32,
+        cpus_per_task: msg.spec.cpus_per_task,
+        bind: &msg.spec.bind,
+        busy_cpus: &busy_cpus,
+        busy_gpus: &busy_gpus,
+    };
+    let plans = crate::bind::plan(&facts.topo, &req)?;
+    if let Some(run) = t.get_mut(&key) {
+        for p in &plans {
+            run.cpus.extend(p.cpus.iter().flatten().copied());
+            run.gpus.extend(p.gpus.iter().copied());
+        }
+    }
+    Ok(plans)
+}
+
+/// A kernel CPU mask of these CPUs (ids past CPU_SETSIZE are dropped: the planner only
+/// hands out CPUs the topology has, and no machine here has more than 1024).
+fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bitmask; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if (c as usize) < libc::CPU_SETSIZE as usize {
+            // SAFETY: c is below CPU_SETSIZE, so the bit is inside `set`.
+            unsafe { libc::CPU_SET(c as usize, &mut set) };
+        }
+    }
+    set
 }
 
 /// What to exec: the command, or the job script (copied at submit time and
@@ -708,7 +819,7 @@ pub fn kill_all(table: &JobTable) {
 }
 
 /// Forget a finished attempt (the controller has recorded it).
-pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
+pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
     let removed = {
         let mut t = table.lock().expect("job table lock");
         let done = t.get(&(job, attempt)).is_some_and(|j| j.tasks.values().all(|t| t.exit.is_some()));
@@ -718,11 +829,14 @@ pub fn forget(table: &JobTable, job: JobId, attempt: u32) {
             None
         }
     };
-    if let Some(run) = &removed {
-        crate::remote::kill_run(run);
-    }
-    if let Some(dir) = removed.and_then(|r| r.dir) {
-        let _ = std::fs::remove_dir_all(dir);
+    if let Some(run) = removed {
+        crate::remote::kill_run(&run);
+        if let Some(cs) = &facts.cpusets {
+            cs.remove(job.0, attempt);
+        }
+        if let Some(dir) = run.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -786,6 +900,8 @@ mod tests {
             users: crate::users::Policy::RunAsSelf,
             pmi: Default::default(),
             exec: Default::default(),
+            topo: Default::default(),
+            cpusets: None,
         };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");

@@ -33,6 +33,20 @@ pub fn discover(root: &Path) -> Inventory {
     }
 }
 
+/// Fill the hardware fields from a topology (hwloc's counts are better than
+/// /proc/cpuinfo's on VMs and SNC nodes) and add GPUs and NICs.
+pub fn merge_topology(inv: &mut Inventory, topo: &crate::topo::Topology) {
+    if !topo.cores.is_empty() {
+        inv.sockets = topo.packages.len() as u32;
+        inv.cores = topo.cores.len() as u32;
+        inv.threads = topo.pus().len() as u32;
+        inv.numa_nodes = topo.numa.len().max(1) as u32;
+    }
+    inv.gpus = topo.gpus.len() as u32;
+    inv.gpu_models = topo.gpus.iter().map(|g| g.name.clone()).collect();
+    inv.nics = topo.nics.iter().map(|n| format!("{}({})", n.name, n.kind.as_str())).collect();
+}
+
 /// CPUs this process may run on (its affinity mask), at least 1.
 pub fn usable_cpus() -> u32 {
     std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)

@@ -10,11 +10,14 @@
 //! [`wire`] (QUIC transport shared with the CLI).
 
 pub mod agent;
+pub mod bind;
+pub mod cpuset;
 pub mod exec;
 pub mod hostlist;
 pub mod inventory;
 pub mod pmi;
 pub mod remote;
+pub mod topo;
 pub mod users;
 pub mod wire;
 

@@ -444,6 +444,9 @@ impl Core {
         if let Err(e) = self.check_deps(&spec) {
             return SubmitOutcome::Rejected(e);
         }
+        if let Some(why) = self.gres_refusal(&spec) {
+            return SubmitOutcome::Rejected(why);
+        }
         let id = JobId(self.next_job);
         if id.0 >= 1 << JobId::CHILD_SHIFT {
             return SubmitOutcome::Rejected("the controller ran out of job ids".into());
@@ -655,7 +658,8 @@ impl Core {
             | FromAgent::ExecStart { .. }
             | FromAgent::ExecOutput { .. }
             | FromAgent::ExecExited { .. }
-            | FromAgent::ExecKill { .. } => {}
+            | FromAgent::ExecKill { .. }
+            | FromAgent::Bindings { .. } => {}
         }
         self.drain(now, fx);
     }
@@ -1423,6 +1427,7 @@ impl Core {
             start_time: None,
             end_time: None,
             array: None,
+            bindings: Vec::new(),
         })
     }
 
@@ -1462,6 +1467,7 @@ impl Core {
             start_time: job.start_time,
             end_time: job.end_time,
             array,
+            bindings: Vec::new(),
         }
     }
 

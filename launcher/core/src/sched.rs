@@ -368,7 +368,7 @@ impl Core {
             if !def.enabled {
                 continue;
             }
-            if let Some(nodes) = self.alloc_in_ce(ce, def.strategy, &shape, exclude) {
+            if let Some(nodes) = self.alloc_in_ce(ce, def.strategy, spec, &shape, exclude) {
                 return Some(self.build_alloc(spec, &shape, nodes));
             }
         }
@@ -379,13 +379,14 @@ impl Core {
         &self,
         ce: &str,
         strategy: Strategy,
+        spec: &JobSpec,
         shape: &Shape,
         exclude: Option<&BTreeSet<NodeId>>,
     ) -> Option<Tiers> {
         let index = self.ce_free.get(ce)?;
         let usable = |id: &NodeId| {
             let n = &self.nodes[id];
-            n.free_mem() >= shape.mem && exclude.is_none_or(|x| !x.contains(id))
+            n.free_mem() >= shape.mem && exclude.is_none_or(|x| !x.contains(id)) && self.gres_fit_now(n, spec)
         };
         let range = index.range((shape.small, NodeId(0))..);
         match strategy {
@@ -463,7 +464,7 @@ impl Core {
                 .filter_map(|nid| {
                     let n = &self.nodes[nid];
                     let inv = &n.rec.inventory;
-                    if !n.connected() || inv.cpus < shape.big || inv.mem_mib < shape.mem {
+                    if !n.connected() || inv.cpus < shape.big || inv.mem_mib < shape.mem || !gres_fit_ever(n, spec) {
                         return None;
                     }
                     Some((self.free_at(now, n, shape.big, shape.mem), *nid))
@@ -538,6 +539,7 @@ impl Core {
             let fitting = live
                 .iter()
                 .filter(|n| n.rec.inventory.cpus >= shape.big && n.rec.inventory.mem_mib >= shape.mem)
+                .filter(|n| gres_fit_ever(n, spec))
                 .count();
             if fitting >= shape.nodes as usize {
                 return None;
@@ -779,6 +781,62 @@ impl Core {
                 (Some("Resources".into()), Some("waiting for free CPUs in its queue's compute environments".into()))
             }
         }
+    }
+}
+
+// ------------------------------------------- GPUs and node features
+// Kept apart from the CPU/memory fit: a node fits if it has the job's GPUs
+// free and every feature the job asks for (`--gpus-per-node`, `--constraint`).
+
+/// Whether a node could ever hold the job's GPUs and has all its features.
+pub(crate) fn gres_fit_ever(n: &Node, spec: &JobSpec) -> bool {
+    n.rec.inventory.gpus >= spec.gpus_per_node && spec.constraint.iter().all(|f| n.rec.inventory.features.contains(f))
+}
+
+impl Core {
+    /// GPUs held on a node by the jobs allocated there.
+    fn gpus_in_use(&self, n: &Node) -> u32 {
+        n.jobs.iter().filter_map(|j| self.jobs.get(j)).map(|j| j.spec.gpus_per_node).sum()
+    }
+
+    /// Whether a node has the job's GPUs free now and all its features.
+    pub(crate) fn gres_fit_now(&self, n: &Node, spec: &JobSpec) -> bool {
+        if spec.gpus_per_node == 0 && spec.constraint.is_empty() {
+            return true;
+        }
+        gres_fit_ever(n, spec) && n.rec.inventory.gpus.saturating_sub(self.gpus_in_use(n)) >= spec.gpus_per_node
+    }
+
+    /// At submit: why no node this cluster has ever registered could run the
+    /// job for lack of GPUs or features (None if enough could, or if no node
+    /// has registered yet).
+    pub(crate) fn gres_refusal(&self, spec: &JobSpec) -> Option<String> {
+        if (spec.gpus_per_node == 0 && spec.constraint.is_empty()) || self.nodes.is_empty() {
+            return None;
+        }
+        let fitting = self.nodes.values().filter(|n| gres_fit_ever(n, spec)).count();
+        if fitting >= spec.nodes as usize {
+            return None;
+        }
+        let most = self.nodes.values().map(|n| n.rec.inventory.gpus).max().unwrap_or(0);
+        let features: BTreeSet<&str> =
+            self.nodes.values().flat_map(|n| n.rec.inventory.features.iter().map(String::as_str)).collect();
+        let mut want = Vec::new();
+        if spec.gpus_per_node > 0 {
+            want.push(format!("{} GPU(s)", spec.gpus_per_node));
+        }
+        if !spec.constraint.is_empty() {
+            want.push(format!("feature(s) {}", spec.constraint.join(",")));
+        }
+        Some(format!(
+            "no way to run: it needs {} node(s) with {}, but only {} of the cluster's {} node(s) have that (most GPUs on a node: {}; features: {})",
+            spec.nodes,
+            want.join(" and "),
+            fitting,
+            self.nodes.len(),
+            most,
+            if features.is_empty() { "none".to_string() } else { features.into_iter().collect::<Vec<_>>().join(",") }
+        ))
     }
 }
 

@@ -44,6 +44,23 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), String> {
             return Err(format!("--env {k:?}: a variable name must be non-empty and contain no '=' or NUL"));
         }
     }
+    let busiest = spec.tasks.div_ceil(spec.nodes.max(1));
+    let per_task = spec.bind.gpus_per_task;
+    if per_task > 0 && spec.gpus_per_node < busiest.saturating_mul(per_task) {
+        return Err(format!(
+            "--gpus-per-task {per_task} with up to {busiest} task(s) per node needs {} GPU(s) per node, but --gpus-per-node is {}; raise --gpus-per-node or drop it",
+            busiest.saturating_mul(per_task),
+            spec.gpus_per_node
+        ));
+    }
+    if spec.gpus_per_node > 1024 {
+        return Err(format!("--gpus-per-node {} is more GPUs than any node has", spec.gpus_per_node));
+    }
+    for f in &spec.constraint {
+        if f.is_empty() || f.len() > 128 || f.contains(char::is_whitespace) {
+            return Err(format!("--constraint {f:?}: a feature is a non-empty word without spaces"));
+        }
+    }
     if spec.name.len() > 1024 {
         return Err("--name is longer than 1024 bytes".into());
     }

@@ -140,6 +140,12 @@ pub struct Inventory {
     pub features: Vec<String>,
     /// Agent software version.
     pub agent_version: String,
+    /// GPUs found (NVML, or a fixture); schedulable with `--gpus-per-node`.
+    pub gpus: u32,
+    /// GPU model names, one per GPU in index order (for display).
+    pub gpu_models: Vec<String>,
+    /// High-speed NICs by name with their kind (`efa`, `ib`, `eth`), for display.
+    pub nics: Vec<String>,
 }
 
 /// What an agent knows about one job attempt when it (re)connects.
@@ -434,6 +440,15 @@ pub enum FromAgent {
         /// Key-value puts, in put order.
         puts: Vec<(String, String)>,
     },
+    /// Where the local tasks of an attempt were placed (sent before `Started`).
+    Bindings {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// One per local task.
+        tasks: Vec<TaskBinding>,
+    },
     /// A rank called `MPI_Abort` (PMI `cmd=abort`): the whole job must end.
     MpiAbort {
         /// The job.
@@ -576,6 +591,176 @@ pub struct JobSpec {
     /// running once every rank has finalized and some exited 0 (None: the
     /// default, [`crate::DEFAULT_FINALIZE_GRACE_S`]; 0: never kill).
     pub finalize_grace_s: Option<u32>,
+    /// GPUs each allocated node must have free (`--gpus-per-node`; 0 = none).
+    pub gpus_per_node: u32,
+    /// Node features every allocated node must have (`--constraint`).
+    pub constraint: Vec<String>,
+    /// How tasks are placed on a node's CPUs, GPUs and NICs.
+    pub bind: BindSpec,
+}
+
+/// CPU binding of each task (`--cpu-bind`, Slurm's vocabulary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuBind {
+    /// `cores` when every task can have its own cores, else no binding.
+    #[default]
+    Auto,
+    /// No binding: tasks may run on any CPU of the node.
+    None,
+    /// Each task gets whole cores, enough to hold `cpus-per-task` hardware threads.
+    Cores,
+    /// Each task gets `cpus-per-task` hardware threads.
+    Threads,
+    /// Each task gets every CPU of one NUMA node.
+    Numa,
+    /// Local task `i` gets CPU `list[i % len]` (OS numbering).
+    Map(Vec<u32>),
+}
+
+/// Order in which a node's tasks take CPUs (`--distribution`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Distribution {
+    /// Consecutive tasks fill one socket (or NUMA node) before the next.
+    #[default]
+    Block,
+    /// Consecutive tasks go round-robin over sockets (NUMA nodes for `--cpu-bind numa`).
+    Cyclic,
+}
+
+/// GPU binding of each task (`--gpu-bind`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GpuBind {
+    /// Each task gets `gpus-per-task` GPUs, close to each other, and its CPUs near them.
+    #[default]
+    Closest,
+    /// Every task sees all the step's GPUs on the node.
+    None,
+    /// Local task `i` gets GPU `list[i % len]` (NVML index).
+    Map(Vec<u32>),
+}
+
+/// Which NIC a task's fabric hints name (`--nic`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NicSelect {
+    /// The NIC closest to the task's GPU (same PCIe switch), else to its CPUs.
+    #[default]
+    Closest,
+    /// This interface (network or RDMA device name) for every task.
+    Name(String),
+    /// No fabric hints.
+    None,
+}
+
+/// Placement options of a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindSpec {
+    /// CPU binding.
+    pub cpu: CpuBind,
+    /// Task order over sockets.
+    pub distribution: Distribution,
+    /// GPUs per task (0 = none).
+    pub gpus_per_task: u32,
+    /// GPU binding.
+    pub gpu: GpuBind,
+    /// NIC choice.
+    pub nic: NicSelect,
+}
+
+fn parse_list(v: &str, what: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in v.split(',') {
+        let part = part.trim();
+        let bad = || format!("{what} {v:?}: expected a list of numbers like 0,2,4 or 0-3");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if b < a || b - a > 4096 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+impl std::str::FromStr for CpuBind {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        Ok(match v {
+            "auto" => CpuBind::Auto,
+            "none" | "no" => CpuBind::None,
+            "cores" => CpuBind::Cores,
+            "threads" => CpuBind::Threads,
+            "numa" | "ldoms" => CpuBind::Numa,
+            _ => match v.strip_prefix("map:").or_else(|| v.strip_prefix("map_cpu:")) {
+                Some(l) => CpuBind::Map(parse_list(l, "--cpu-bind map:")?),
+                None => {
+                    return Err(format!(
+                        "--cpu-bind {v:?}: expected auto, none, cores, threads, numa or map:LIST (e.g. map:0,2)"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl std::str::FromStr for Distribution {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v {
+            "block" => Ok(Distribution::Block),
+            "cyclic" => Ok(Distribution::Cyclic),
+            _ => Err(format!("--distribution {v:?}: expected block or cyclic")),
+        }
+    }
+}
+
+impl std::str::FromStr for GpuBind {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v {
+            "closest" => Ok(GpuBind::Closest),
+            "none" => Ok(GpuBind::None),
+            _ => match v.strip_prefix("map:").or_else(|| v.strip_prefix("map_gpu:")) {
+                Some(l) => Ok(GpuBind::Map(parse_list(l, "--gpu-bind map:")?)),
+                None => Err(format!("--gpu-bind {v:?}: expected closest, none or map:LIST (e.g. map:0,1)")),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for NicSelect {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v {
+            "closest" => Ok(NicSelect::Closest),
+            "none" => Ok(NicSelect::None),
+            "" => Err("--nic: expected closest, none or an interface name".into()),
+            name if name.len() > 64 || name.contains(['/', ' ', '\0']) => {
+                Err(format!("--nic {name:?}: not an interface name"))
+            }
+            name => Ok(NicSelect::Name(name.to_string())),
+        }
+    }
+}
+
+/// Where one task was placed, as the agent applied it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskBinding {
+    /// Global rank.
+    pub rank: u32,
+    /// Node name.
+    pub node: String,
+    /// CPUs it may run on, as a Linux cpulist (`0-3,64-67`); empty = not bound.
+    pub cpus: String,
+    /// NUMA nodes of those CPUs.
+    pub numa: Vec<u32>,
+    /// GPU indices it sees (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
+    /// NIC named in its fabric hints.
+    pub nic: Option<String>,
 }
 
 /// PMI service for a job's tasks (`--mpi`).
@@ -678,6 +863,8 @@ pub struct JobInfo {
     pub end_time: Option<u64>,
     /// For an array parent: counts of its children by state.
     pub array: Option<crate::ArrayInfo>,
+    /// Where the current attempt's tasks were placed, by rank (as reported by the agents).
+    pub bindings: Vec<TaskBinding>,
 }
 
 /// Node states.
@@ -925,11 +1112,28 @@ mod tests {
                 1, 0, // retry: attempts 1, evaluate_on_exit []
                 0, 0, 0, // share None, scheduling_priority 0, jobdef None
                 0, // finalize_grace_s None
+                0, 0, // gpus_per_node constraint
+                0, 0, 0, 0, 0, // bind: cpu Auto, distribution Block, gpus_per_task, gpu Closest, nic Closest
                 1, 5 // key Some(5)
             ]
         );
         let back: Request = decode(&bytes).unwrap();
         assert!(matches!(back, Request::Submit { key: Some(5), .. }));
+    }
+
+    #[test]
+    fn placement_options_parse_with_clear_errors() {
+        assert_eq!("cores".parse::<CpuBind>().unwrap(), CpuBind::Cores);
+        assert_eq!("map:0,2-3".parse::<CpuBind>().unwrap(), CpuBind::Map(vec![0, 2, 3]));
+        assert_eq!("map_cpu:5".parse::<CpuBind>().unwrap(), CpuBind::Map(vec![5]));
+        assert!("map:x".parse::<CpuBind>().unwrap_err().contains("list of numbers"));
+        assert!("sockets".parse::<CpuBind>().unwrap_err().contains("expected auto, none, cores, threads, numa"));
+        assert_eq!("cyclic".parse::<Distribution>().unwrap(), Distribution::Cyclic);
+        assert!("plane".parse::<Distribution>().is_err());
+        assert_eq!("map:1,0".parse::<GpuBind>().unwrap(), GpuBind::Map(vec![1, 0]));
+        assert_eq!("ib0".parse::<NicSelect>().unwrap(), NicSelect::Name("ib0".into()));
+        assert_eq!("none".parse::<NicSelect>().unwrap(), NicSelect::None);
+        assert!("a b".parse::<NicSelect>().is_err());
     }
 
     #[test]

@@ -554,6 +554,21 @@ pub struct JobDefFile {
     pub priority: Option<u32>,
     /// `--finalize-grace`.
     pub finalize_grace: Option<String>,
+    /// `--gpus-per-node`.
+    pub gpus_per_node: Option<u32>,
+    /// `--gpus-per-task`.
+    pub gpus_per_task: Option<u32>,
+    /// `--constraint` features.
+    #[serde(default)]
+    pub constraint: Vec<String>,
+    /// `--cpu-bind`.
+    pub cpu_bind: Option<String>,
+    /// `--distribution`.
+    pub distribution: Option<String>,
+    /// `--gpu-bind`.
+    pub gpu_bind: Option<String>,
+    /// `--nic`.
+    pub nic: Option<String>,
 }
 
 /// Parse a job definition file into its template spec.
@@ -584,6 +599,13 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         share: f.share,
         scheduling_priority: f.priority,
         finalize_grace: f.finalize_grace,
+        gpus_per_node: f.gpus_per_node,
+        gpus_per_task: f.gpus_per_task,
+        constraint: f.constraint,
+        cpu_bind: f.cpu_bind,
+        distribution: f.distribution,
+        gpu_bind: f.gpu_bind,
+        nic: f.nic,
     };
     let script = match &f.script {
         Some(s) => {

@@ -71,6 +71,27 @@ pub struct JobArgs {
     /// (works around MPI libraries that hang while tearing down). 0 disables. Default: 10.
     #[arg(long, value_name = "SECONDS")]
     pub finalize_grace: Option<String>,
+    /// GPUs every allocated node must have free for this job.
+    #[arg(long, value_name = "G")]
+    pub gpus_per_node: Option<u32>,
+    /// GPUs per task (sets CUDA_VISIBLE_DEVICES; implies --gpus-per-node tasks-per-node x G).
+    #[arg(long, value_name = "G")]
+    pub gpus_per_task: Option<u32>,
+    /// Only nodes with this feature (agent `--feature`); repeatable, all must match.
+    #[arg(short = 'C', long = "constraint", value_name = "FEATURE")]
+    pub constraint: Vec<String>,
+    /// CPU binding per task: auto, none, cores, threads, numa, or map:LIST (OS CPU numbers).
+    #[arg(long, value_name = "MODE")]
+    pub cpu_bind: Option<String>,
+    /// Task order over a node's sockets: block or cyclic.
+    #[arg(short = 'm', long, value_name = "DIST")]
+    pub distribution: Option<String>,
+    /// GPU binding per task: closest, none (all the step's GPUs), or map:LIST (GPU indices).
+    #[arg(long, value_name = "MODE")]
+    pub gpu_bind: Option<String>,
+    /// NIC for fabric hints (UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, FI_PROVIDER...): closest, an interface name, or none.
+    #[arg(long, value_name = "NIC")]
+    pub nic: Option<String>,
 }
 
 impl JobArgs {
@@ -97,6 +118,13 @@ impl JobArgs {
             share: self.share.or(other.share),
             scheduling_priority: self.scheduling_priority.or(other.scheduling_priority),
             finalize_grace: self.finalize_grace.or(other.finalize_grace),
+            gpus_per_node: self.gpus_per_node.or(other.gpus_per_node),
+            gpus_per_task: self.gpus_per_task.or(other.gpus_per_task),
+            constraint: if self.constraint.is_empty() { other.constraint } else { self.constraint },
+            cpu_bind: self.cpu_bind.or(other.cpu_bind),
+            distribution: self.distribution.or(other.distribution),
+            gpu_bind: self.gpu_bind.or(other.gpu_bind),
+            nic: self.nic.or(other.nic),
         }
     }
 
@@ -210,7 +238,60 @@ impl JobArgs {
                 Some(g) => Some(parse_grace_s(g)?),
                 None => base.and_then(|b| b.finalize_grace_s),
             },
+            gpus_per_node: 0,
+            constraint: self.constraint.clone(),
+            bind: launcher_proto::BindSpec {
+                cpu: self
+                    .cpu_bind
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                distribution: self
+                    .distribution
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                gpus_per_task: self.gpus_per_task.unwrap_or(0),
+                gpu: self
+                    .gpu_bind
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+                nic: self
+                    .nic
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow!(e))?
+                    .unwrap_or_default(),
+            },
         };
+        // --gpus-per-task alone implies the per-node GPU count the scheduler must find.
+        let mut spec = spec;
+        let busiest = spec.tasks.div_ceil(spec.nodes.max(1));
+        spec.gpus_per_node = match self.gpus_per_node {
+            Some(g) => g,
+            None => busiest.saturating_mul(spec.bind.gpus_per_task),
+        };
+        // A job definition's placement stands unless this submission sets its own.
+        if let Some(b) = base {
+            if self.constraint.is_empty() {
+                spec.constraint = b.constraint.clone();
+            }
+            let binds = [&self.cpu_bind, &self.distribution, &self.gpu_bind, &self.nic];
+            if binds.iter().all(|o| o.is_none()) && self.gpus_per_task.is_none() {
+                spec.bind = b.bind.clone();
+                if self.gpus_per_node.is_none() {
+                    spec.gpus_per_node = b.gpus_per_node;
+                }
+            }
+        }
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)
     }

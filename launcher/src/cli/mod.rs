@@ -48,12 +48,19 @@ pub async fn queue(cred: Option<PathBuf>, all: bool, json: bool) -> Result<i32> 
 }
 
 /// `launcher show`.
-pub async fn show(cred: Option<PathBuf>, job: String, json: bool) -> Result<i32> {
+pub async fn show(cred: Option<PathBuf>, job: String, json: bool, bindings: bool) -> Result<i32> {
     let job = parse_job_ids(&[job])?[0];
     let client = Client::connect(cred).await?;
     match check(client.call(&Request::Show { job }).await?)? {
         Response::Job(info) => {
-            if json {
+            if bindings && json {
+                print_json(&info.bindings)?;
+            } else if bindings {
+                if info.bindings.is_empty() {
+                    eprintln!("job {job} has no bindings yet (it has not started, or it started before the controller last restarted)");
+                }
+                print!("{}", nodeagent::bind::table(&info.bindings));
+            } else if json {
                 print_json(&info)?;
             } else {
                 print!("{}", output::job_details(&info));

@@ -13,9 +13,9 @@ use super::store::{CertIdentity, Store};
 use launcher_core::{Core, Effects, Record, SubmitOutcome, Time};
 use launcher_proto::{
     CancelOutcome, ErrorKind, ErrorMsg, ExecMsg, ExitStatus, FromAgent, JobId, JobInfo, JobSpec, JobState, NodeId,
-    NodeInfo, RegisterMsg, Response, ToAgent,
+    NodeInfo, RegisterMsg, Response, TaskBinding, ToAgent,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -106,6 +106,10 @@ pub struct Driver {
     pub events: broadcast::Sender<JobEvent>,
     /// Address users should put in credentials.
     pub public_addr: String,
+    /// Task placements the agents reported, per job: (attempt, rank → binding).
+    /// Kept in memory only: after a controller restart `show --bindings` is
+    /// empty for jobs started before it.
+    pub bindings: BTreeMap<JobId, (u32, BTreeMap<u32, TaskBinding>)>,
 }
 
 type Reply = Box<dyn FnOnce() + Send>;
@@ -202,7 +206,12 @@ impl Driver {
             Input::Show { job, reply } => {
                 // Answer after this batch commits, so a reader never sees a state
                 // that a crash could take back.
-                let info = self.core.job_info(job);
+                let mut info = self.core.job_info(job);
+                if let (Some(i), Some((attempt, b))) = (info.as_mut(), self.bindings.get(&job)) {
+                    if *attempt == i.attempt {
+                        i.bindings = b.values().cloned().collect();
+                    }
+                }
                 replies.push(Box::new(move || {
                     let _ = reply.send(info);
                 }));
@@ -227,6 +236,15 @@ impl Driver {
                 replies.push(Box::new(move || {
                     let _ = reply.send((node, generation));
                 }));
+            }
+            Input::Agent { node: _, msg: FromAgent::Bindings { job, attempt, tasks } } => {
+                if self.core.job(job).is_some_and(|j| j.attempt == attempt) {
+                    let e = self.bindings.entry(job).or_insert_with(|| (attempt, BTreeMap::new()));
+                    if e.0 != attempt {
+                        *e = (attempt, BTreeMap::new());
+                    }
+                    e.1.extend(tasks.into_iter().map(|b| (b.rank, b)));
+                }
             }
             Input::Agent { node, msg } => match msg {
                 FromAgent::ExecStart { .. }

@@ -92,7 +92,15 @@ pub fn start(cfg: ServeConfig) -> Result<Controller> {
         format!("{ip}:{}", addr.port())
     });
     let cluster = pki.cluster().to_string();
-    let mut drv = Driver { core, store, pki, ids: ids.clone(), events: events.clone(), public_addr: public.clone() };
+    let mut drv = Driver {
+        core,
+        store,
+        pki,
+        ids: ids.clone(),
+        events: events.clone(),
+        public_addr: public.clone(),
+        bindings: Default::default(),
+    };
 
     // The admin credential: issued at first start, and again only if it is
     // missing, unreadable, or points at another address.

@@ -1,0 +1,115 @@
+//! A cpuset cgroup per pinned task, where the host has the cgroup v1 cpuset
+//! controller and the agent is root: `<root>/launcher/<node>/<job>.<attempt>/<rank>`
+//! with the task's CPUs and NUMA nodes. Unlike `sched_setaffinity` alone, the
+//! task cannot widen its own mask past it. The task joins its cgroup between
+//! fork and exec (it writes `0`, "myself", to the cgroup's `cgroup.procs`,
+//! opened beforehand), so nothing it runs ever sits outside.
+//!
+//! Best effort: when the controller is missing (cgroup v2-only hosts: not yet),
+//! or anything here fails, tasks are still pinned by affinity and the agent
+//! logs why. The root is injectable so tests can run on a plain directory.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The agent's part of the cpuset hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cpusets {
+    /// `<cpuset mount>/launcher/<node>`.
+    dir: PathBuf,
+}
+
+fn read(p: &Path) -> io::Result<String> {
+    Ok(fs::read_to_string(p)?.trim().to_string())
+}
+
+/// cgroup v1 cpusets start empty: copy the parent's CPUs and memory nodes.
+fn mkdir_inherit(dir: &Path) -> io::Result<()> {
+    if !dir.is_dir() {
+        fs::create_dir(dir)?;
+    }
+    let parent = dir.parent().ok_or_else(|| io::Error::other("cgroup dir has no parent"))?;
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        if read(&dir.join(f))?.is_empty() {
+            fs::write(dir.join(f), read(&parent.join(f))?)?;
+        }
+    }
+    Ok(())
+}
+
+impl Cpusets {
+    /// Use `<mount>/launcher/<node>` if `mount` is a cpuset v1 hierarchy and we are root.
+    pub fn detect(mount: &Path, node: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !mount.join("cpuset.cpus").is_file() {
+            return None;
+        }
+        let dir = mount.join("launcher").join(node);
+        let made = mkdir_inherit(&mount.join("launcher")).and_then(|()| mkdir_inherit(&dir));
+        match made {
+            Ok(()) => {
+                let c = Cpusets { dir };
+                c.clear_stale();
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("cpuset cgroups unavailable under {}: {e}; pinning by affinity only", mount.display());
+                None
+            }
+        }
+    }
+
+    /// Create the task's cgroup and open its `cgroup.procs` for the task to join.
+    pub fn for_task(&self, job: u64, attempt: u32, rank: u32, cpus: &str, mems: &str) -> io::Result<fs::File> {
+        let step = self.dir.join(format!("{job}.{attempt}"));
+        mkdir_inherit(&step)?;
+        let task = step.join(rank.to_string());
+        if !task.is_dir() {
+            fs::create_dir(&task)?;
+        }
+        // Memory nodes first: a cpuset needs both before it may hold a task.
+        let mems = if mems.is_empty() { read(&step.join("cpuset.mems"))? } else { mems.to_string() };
+        fs::write(task.join("cpuset.mems"), mems)?;
+        fs::write(task.join("cpuset.cpus"), cpus)?;
+        fs::OpenOptions::new().write(true).create(true).truncate(false).open(task.join("cgroup.procs"))
+    }
+
+    /// Remove an attempt's cgroups (its tasks have ended).
+    pub fn remove(&self, job: u64, attempt: u32) {
+        let step = self.dir.join(format!("{job}.{attempt}"));
+        remove_tree(&step);
+    }
+
+    /// At shutdown: remove this agent's cgroups, and `launcher/` if no other agent uses it.
+    pub fn remove_all(&self) {
+        self.clear_stale();
+        let _ = fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+
+    /// Remove what an earlier agent left (its tasks died with it).
+    fn clear_stale(&self) {
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.filter_map(Result::ok) {
+                if e.path().is_dir() {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// rmdir the child cgroups, then the directory (cgroup files cannot be unlinked).
+fn remove_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            if e.path().is_dir() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
