@@ -97,11 +97,12 @@ fn protocol_level_abuse_is_refused_and_the_controller_keeps_serving() {
         let mut s = FramedStream::new(send, recv);
         s.send(&Hello { version: 99, role: Role::Client }).await.unwrap();
         let reply: HelloReply = s.recv().await.unwrap().unwrap();
-        let HelloReply::Rejected(e @ HandshakeError::VersionMismatch { ours: 1, theirs: 99 }) = reply else {
+        const OURS: u32 = launcher_proto::PROTOCOL_VERSION;
+        let HelloReply::Rejected(e @ HandshakeError::VersionMismatch { ours: OURS, theirs: 99 }) = reply else {
             panic!("expected a version mismatch, got {reply:?}")
         };
         let text = e.to_string();
-        assert!(text.contains("version 1") && text.contains("version 99"), "{text}");
+        assert!(text.contains(&format!("version {OURS}")) && text.contains("version 99"), "{text}");
 
         // 2. A garbage handshake frame.
         let (send, recv) = ep.connect(addr, launcher_proto::SERVER_NAME).unwrap().await.unwrap().open_bi().await.unwrap();
