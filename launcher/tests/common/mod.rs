@@ -150,3 +150,43 @@ pub fn stderr(o: &Output) -> String {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
+
+impl Cluster {
+    /// `launcher submit --parsable ARGS`; returns the job id.
+    pub fn submit(&self, args: &[&str]) -> String {
+        let mut full = vec!["submit", "--parsable"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(out.status.success(), "submit {args:?} failed: {}", stderr(&out));
+        stdout(&out).trim().to_string()
+    }
+
+    /// `launcher show ID --json`.
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        self.json(&["show", id, "--json"])
+    }
+
+    /// Poll `show` until `pred` holds; returns that JSON.
+    pub fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.show(id);
+            if pred(&j) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} never got {what} within {timeout:?}; now: {j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Poll until the job is in `state` (e.g. `Running`).
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_for(id, timeout, state, |j| j["state"] == state)
+    }
+}
