@@ -157,8 +157,6 @@ fn array_children_run_with_their_own_index_under_the_limit() {
 }
 
 #[test]
-#[ignore = "bug: a finished array child's `attempt` is one short once it was retried: Core::finish stores the \
-            child's attempt count in the parent's ArrayState.attempts only when it retries, not at the end"]
 fn an_array_childs_attempt_counts_its_retries() {
     let c = Cluster::start(1, 2, false);
     let id = c.submit(&["--array", "0-1", "--attempts", "3", "--", "sh", "-c", "[ $AWS_BATCH_JOB_ATTEMPT = 2 ]"]);
@@ -230,8 +228,6 @@ fn retries_follow_the_exit_code_rules() {
 }
 
 #[test]
-#[ignore = "bug: later attempts' output restarts at offset 0 in the same logs/<job>/<rank>.out, \
-            which the controller's OutputSink takes as already stored: logs drop or garble it"]
 fn logs_of_a_retried_job_show_the_last_attempt() {
     let c = Cluster::start(1, 1, false);
     let id = c.submit(&[

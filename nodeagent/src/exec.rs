@@ -467,7 +467,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 {
                     t.pgid = pgid;
                 }
-                let spool = Spool { dir: dir.clone(), job: msg.job, rank };
+                let spool = Spool { dir: dir.clone(), job: msg.job, attempt: msg.attempt, rank };
                 tokio::spawn(watch_task(child, spool, msg.attempt, files, table.clone(), out.clone()));
             }
             Err(e) => fail(format!("cannot start {} on node {}: {e}", prog.display(), facts.name)),
@@ -612,6 +612,7 @@ pub fn attempt_dir(facts: &NodeFacts, job: JobId, attempt: u32) -> PathBuf {
 struct Spool {
     dir: PathBuf,
     job: JobId,
+    attempt: u32,
     rank: u32,
 }
 
@@ -656,6 +657,7 @@ async fn pump(
                 }
                 let _ = out.send(FromAgent::Output {
                     job: spool.job,
+                    attempt: spool.attempt,
                     rank: spool.rank,
                     stream,
                     offset,
@@ -669,20 +671,22 @@ async fn pump(
 
 /// Every spooled chunk of every held attempt, for resending after a reconnect.
 pub fn spooled_output(table: &JobTable) -> Vec<FromAgent> {
-    let held: Vec<(JobId, PathBuf, Vec<u32>)> = table
+    let held: Vec<(JobId, u32, PathBuf, Vec<u32>)> = table
         .lock()
         .expect("job table lock")
         .iter()
-        .filter_map(|(&(job, _), run)| run.dir.clone().map(|d| (job, d, run.tasks.keys().copied().collect())))
+        .filter_map(|(&(job, attempt), run)| {
+            run.dir.clone().map(|d| (job, attempt, d, run.tasks.keys().copied().collect()))
+        })
         .collect();
     let mut out = Vec::new();
-    for (job, dir, ranks) in held {
+    for (job, attempt, dir, ranks) in held {
         for rank in ranks {
             for stream in [Stream::Stdout, Stream::Stderr] {
                 let Ok(data) = std::fs::read(dir.join(spool_name(rank, stream))) else { continue };
                 for (i, chunk) in data.chunks(256 * 1024).enumerate() {
                     let offset = (i * 256 * 1024) as u64;
-                    out.push(FromAgent::Output { job, rank, stream, offset, data: chunk.to_vec() });
+                    out.push(FromAgent::Output { job, attempt, rank, stream, offset, data: chunk.to_vec() });
                 }
             }
         }

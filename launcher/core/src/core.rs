@@ -1200,11 +1200,13 @@ impl Core {
         if let Some(index) = id.index() {
             let parent = id.parent();
             let fail = job.fail.clone();
+            let attempts_made = job.attempt;
             self.jobs.remove(&id);
             let pos = self.child_pos_of(parent, index);
             let state = if ok { ChildState::Succeeded } else { ChildState::Failed };
+            let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
+            arr.attempts.insert(pos, attempts_made);
             if let Some(f) = fail {
-                let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
                 arr.ends.insert(pos, crate::job::ChildEnd { exit_code: code, fail: f });
             }
             self.set_child_state(fx, parent, pos, state);

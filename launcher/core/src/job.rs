@@ -123,7 +123,9 @@ impl FailReason {
                 format!("dependency {dep} can never be satisfied: {why}")
             }
             FailReason::ChildrenFailed { failed, first } => {
-                format!("{failed} child job(s) failed, the first being {first} (see `launcher show {first}`)")
+                format!(
+                    "{failed} child job(s) failed or were cancelled, the first being {first} (see `launcher show {first}`)"
+                )
             }
         }
     }

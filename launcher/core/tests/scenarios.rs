@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use launcher_core::{Record, SubmitOutcome, Time};
 use launcher_proto::{
-    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobReport, JobSpec, JobState, NodeId, NodeState, RegisterMsg,
-    ToAgent,
+    CancelOutcome, ExitStatus, FromAgent, Inventory, JobId, JobReport, JobSpec, JobState, NodeId, NodeState,
+    RegisterMsg, ToAgent,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;

@@ -1,12 +1,11 @@
 //! Newtype identifiers, stamped out by one macro so they cannot be mixed up.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
         $(#[$doc])*
-        #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-        #[serde(transparent)]
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         pub struct $name(pub $inner);
 
         impl $name {
@@ -93,6 +92,48 @@ impl std::str::FromStr for JobId {
     }
 }
 
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(NodeId)
+    }
+}
+
+/// On the wire a job id is its number; in JSON, an array child is the string
+/// `"P:i"` (a plain job stays a number), so scripts see what the CLI prints.
+impl Serialize for JobId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() && self.index().is_some() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return u64::deserialize(d).map(JobId);
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Num(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Num(n) => Ok(JobId(n)),
+            Either::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
@@ -117,5 +158,15 @@ mod tests {
         assert!("x".parse::<JobId>().is_err());
         assert!("0".parse::<JobId>().is_err());
         assert!("12:".parse::<JobId>().unwrap_err().contains("not a job id"));
+    }
+
+    #[test]
+    fn json_shows_children_as_the_cli_prints_them() {
+        assert_eq!(serde_json::to_string(&JobId(7)).unwrap(), "7");
+        assert_eq!(serde_json::to_string(&JobId(7).child(2)).unwrap(), "\"7:2\"");
+        assert_eq!(serde_json::from_str::<JobId>("\"7:2\"").unwrap(), JobId(7).child(2));
+        assert_eq!(serde_json::from_str::<JobId>("7").unwrap(), JobId(7));
+        let wire = crate::encode(&JobId(7).child(2));
+        assert_eq!(crate::decode::<JobId>(&wire).unwrap(), JobId(7).child(2));
     }
 }

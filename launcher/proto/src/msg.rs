@@ -401,6 +401,8 @@ pub enum FromAgent {
     Output {
         /// The job.
         job: JobId,
+        /// The attempt the output belongs to (each attempt's streams start at offset 0).
+        attempt: u32,
         /// Global rank.
         rank: u32,
         /// Which stream.

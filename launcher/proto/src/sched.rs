@@ -40,8 +40,12 @@ pub struct Dependency {
 }
 
 impl std::fmt::Display for Dependency {
+    /// As `--depend` takes it back: an array child is `ID_INDEX` there.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind.as_str(), self.job)
+        match self.job.index() {
+            Some(i) => write!(f, "{}:{}_{}", self.kind.as_str(), self.job.parent(), i),
+            None => write!(f, "{}:{}", self.kind.as_str(), self.job),
+        }
     }
 }
 

@@ -112,7 +112,14 @@ pub fn start(cfg: ServeConfig) -> Result<Controller> {
         cred.save(&admin_cred)?;
     }
     let (tx, thread) = driver::spawn(drv);
-    let ctx = Arc::new(net::Ctx { driver: Mutex::new(tx), ids, events, logs_dir, cluster });
+    let ctx = Arc::new(net::Ctx {
+        driver: Mutex::new(tx),
+        ids,
+        events,
+        logs_dir,
+        cluster,
+        output_attempts: Default::default(),
+    });
     tokio::spawn(net::serve(endpoint.clone(), ctx.clone()));
     tracing::info!(%addr, jobs = n_jobs, "controller listening");
     Ok(Controller { addr, admin_cred, state_dir: dir.clone(), driver: ctx, endpoint, thread: Some(thread) })

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub logs_dir: PathBuf,
     /// Cluster name.
     pub cluster: String,
+    /// Which attempt's output each job's log directory holds (shared by every agent connection).
+    pub output_attempts: Arc<Mutex<HashMap<JobId, u32>>>,
 }
 
 impl Ctx {
@@ -196,10 +198,58 @@ async fn join(mut s: FramedStream, ctx: &Ctx) -> Result<()> {
 struct OutputSink {
     dir: PathBuf,
     open: HashMap<(JobId, u32, Stream), (std::fs::File, u64)>,
+    /// The attempt whose output `logs/<job>/` holds (shared: attempts may run on other nodes).
+    attempts: Arc<Mutex<HashMap<JobId, u32>>>,
 }
 
 impl OutputSink {
-    fn write(&mut self, job: JobId, rank: u32, stream: Stream, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    /// The attempt stored in `logs/<job>/` (1 when nothing says otherwise).
+    fn stored_attempt(&mut self, job: JobId) -> u32 {
+        let mut map = self.attempts.lock().expect("attempts lock");
+        if let Some(a) = map.get(&job) {
+            return *a;
+        }
+        let marker = self.dir.join(job.to_string()).join(".attempt");
+        let a = std::fs::read_to_string(marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
+        map.insert(job, a);
+        a
+    }
+
+    /// A retry's output replaces the previous attempt's in `logs/<job>/`;
+    /// the older output moves to `logs/<job>/attempt-<N>/`.
+    fn rotate(&mut self, job: JobId, from: u32, to: u32) -> std::io::Result<()> {
+        self.open.retain(|(j, ..), _| *j != job);
+        let dir = self.dir.join(job.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let keep = dir.join(format!("attempt-{from}"));
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".out") || name.ends_with(".err") {
+                std::fs::create_dir_all(&keep)?;
+                std::fs::rename(e.path(), keep.join(&name))?;
+            }
+        }
+        std::fs::write(dir.join(".attempt"), to.to_string())?;
+        self.attempts.lock().expect("attempts lock").insert(job, to);
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        job: JobId,
+        attempt: u32,
+        rank: u32,
+        stream: Stream,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let stored = self.stored_attempt(job);
+        if attempt < stored {
+            return Ok(()); // a superseded attempt's resend
+        }
+        if attempt > stored {
+            self.rotate(job, stored, attempt)?;
+        }
         let key = (job, rank, stream);
         if !self.open.contains_key(&key) {
             let dir = self.dir.join(job.to_string());
@@ -234,13 +284,14 @@ impl OutputSink {
 
 async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: Arc<Ctx>) -> Result<()> {
     let FramedStream { mut send, mut recv } = s;
-    let mut sink = OutputSink { dir: ctx.logs_dir.clone(), open: HashMap::new() };
+    let mut sink =
+        OutputSink { dir: ctx.logs_dir.clone(), open: HashMap::new(), attempts: ctx.output_attempts.clone() };
     // Output resent from the agent's spool may precede the registration.
     let reg = loop {
         match recv.recv::<FromAgent>().await? {
             Some(FromAgent::Register(r)) => break r,
-            Some(FromAgent::Output { job, rank, stream, offset, data }) => {
-                if let Err(e) = sink.write(job, rank, stream, offset, &data) {
+            Some(FromAgent::Output { job, attempt, rank, stream, offset, data }) => {
+                if let Err(e) = sink.write(job, attempt, rank, stream, offset, &data) {
                     tracing::warn!(%job, rank, "cannot store output: {e}");
                 }
             }
@@ -270,8 +321,8 @@ async fn agent(conn: quinn::Connection, s: FramedStream, id: CertIdentity, ctx: 
             Err(e) => break Err(e),
         };
         match msg {
-            FromAgent::Output { job, rank, stream, offset, data } => {
-                if let Err(e) = sink.write(job, rank, stream, offset, &data) {
+            FromAgent::Output { job, attempt, rank, stream, offset, data } => {
+                if let Err(e) = sink.write(job, attempt, rank, stream, offset, &data) {
                     tracing::warn!(%job, rank, "cannot store output: {e}");
                 }
                 let _ = ctx.events.send(JobEvent { job });
