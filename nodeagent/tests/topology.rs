@@ -1,5 +1,6 @@
 //! Discovery and binding plans on the checked-in fixture nodes
 //! (`tests/fixtures/<node>/{topology.xml,sysfs/,gpus.json}`; see gen_fixtures.py).
+#![cfg(feature = "hwloc")]
 
 use launcher_proto::{BindSpec, CpuBind, Distribution, GpuBind, NicSelect};
 use nodeagent::bind::{plan, PlanError, StepRequest, TaskPlan};

@@ -11,6 +11,10 @@
 //! alpha `hwlocality` crate touches one file.
 
 pub mod gpu;
+#[cfg(feature = "hwloc")]
+pub mod hw;
+#[cfg(not(feature = "hwloc"))]
+#[path = "hw_sysfs.rs"]
 pub mod hw;
 pub mod sysfs;
 
