@@ -430,17 +430,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if let Some((uid, gid, groups)) = &creds {
-                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                        || libc::setgid(*gid) != 0
-                        || libc::setuid(*uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::chdir(cwd_c.as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                crate::users::become_user_in_child(creds.as_ref(), &cwd_c)?;
                 // The PMI socket is the one descriptor the task inherits.
                 if let Some(fd) = pmi_fd {
                     if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {

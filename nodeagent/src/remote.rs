@@ -269,17 +269,7 @@ pub fn run(m: ExecMsg, table: &JobTable, out: &UnboundedSender<FromAgent>, node_
     // SAFETY: only async-signal-safe calls between fork and exec (as in exec::launch).
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid, groups)) = &creds {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::chdir(cwd_c.as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            crate::users::become_user_in_child(creds.as_ref(), &cwd_c)?;
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
