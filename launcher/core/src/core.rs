@@ -24,11 +24,15 @@ pub struct Config {
     pub node_timeout_ms: u64,
     /// Heartbeat period agents are told to use.
     pub heartbeat_ms: u64,
+    /// A scheduling pass looks at no more than this many waiting entries
+    /// once one could not start (Slurm's `bf_max_job_test`, 500 by default;
+    /// every entry is looked at again in later passes as the queue moves).
+    pub max_backfill_scan: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { kill_grace_ms: 30_000, node_timeout_ms: 60_000, heartbeat_ms: 5_000 }
+        Config { kill_grace_ms: 30_000, node_timeout_ms: 60_000, heartbeat_ms: 5_000, max_backfill_scan: 10_000 }
     }
 }
 
@@ -77,6 +81,13 @@ pub enum Record {
         /// Its name.
         name: String,
     },
+}
+
+impl Record {
+    /// A job's full record, as it is now.
+    pub fn job(job: &Job) -> Record {
+        Record::Job(Box::new(job.clone()))
+    }
 }
 
 /// Definitions loaded from the store at restart.
@@ -173,7 +184,7 @@ pub(crate) struct ArrLive {
 #[derive(Debug)]
 pub struct Core {
     pub(crate) cfg: Config,
-    pub(crate) jobs: BTreeMap<JobId, Job>,
+    pub(crate) jobs: BTreeMap<JobId, Box<Job>>,
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) node_by_name: BTreeMap<String, NodeId>,
     pub(crate) keys: BTreeMap<u128, JobId>,
@@ -219,6 +230,8 @@ pub struct Core {
     pub(crate) ended: std::collections::VecDeque<JobId>,
     /// After a restore: re-decide every PENDING job at the next pass.
     pub(crate) settle: bool,
+    /// `never_fits` verdicts by (queue, nodes, CPUs per node, memory, GPUs, features).
+    pub(crate) fits_cache: std::cell::RefCell<std::collections::HashMap<FitKey, Option<String>>>,
     pub(crate) next_job: u64,
     pub(crate) next_node: u32,
     pub(crate) next_generation: u64,
@@ -231,6 +244,9 @@ struct FinalizeState {
     ranks: BTreeSet<u32>,
     grace_sent: bool,
 }
+
+/// What decides whether a job could ever fit its queue's nodes.
+pub(crate) type FitKey = (String, u32, u32, u64, u32, Vec<String>);
 
 /// Tasks per node for `tasks` spread block-wise over `nodes`.
 pub(crate) fn tasks_per_node(tasks: u32, nodes: u32) -> Vec<u32> {
@@ -270,6 +286,7 @@ impl Core {
             free_cpus_total: 0,
             ended: Default::default(),
             settle: false,
+            fits_cache: Default::default(),
             next_job: 1,
             next_node: 1,
             next_generation: 1,
@@ -328,13 +345,13 @@ impl Core {
             if let Some(k) = job.key {
                 core.keys.insert(k, job.id);
             }
-            core.jobs.insert(job.id, job);
+            core.jobs.insert(job.id, Box::new(job));
         }
         for job in children {
             let active = matches!(job.state, JobState::Starting | JobState::Running);
             let parent_active = core.child_state(job.id) == Some(ChildState::Active);
             if active && parent_active {
-                core.jobs.insert(job.id, job);
+                core.jobs.insert(job.id, Box::new(job));
             }
         }
         let ids: Vec<JobId> = core.jobs.keys().copied().collect();
@@ -478,7 +495,7 @@ impl Core {
         }
         let deps = job.spec.depends.clone();
         let is_array = job.array.is_some();
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Box::new(job));
         if is_array {
             let mut live = ArrLive::default();
             live.counts[ChildState::Pending as usize] =
@@ -493,7 +510,7 @@ impl Core {
         self.reevaluate(now, fx, id);
         // The whole record once, after every decision above (an array's
         // children included), so a submit costs one row however large the array.
-        fx.persist(Record::Job(Box::new(self.jobs[&id].clone())));
+        fx.persist(Record::job(&self.jobs[&id]));
         fx.job_changed(id);
         self.drain(now, fx);
         SubmitOutcome::Accepted(id)
@@ -790,7 +807,7 @@ impl Core {
                 let job = self.jobs.get_mut(&id).expect("exists");
                 job.state = JobState::Cancelled;
                 job.end_time = Some(now.0);
-                fx.persist(Record::Job(Box::new(job.clone())));
+                fx.persist(Record::job(&job));
                 fx.persist(Record::Event { job: id, time: now, text: "cancelled before it started".into() });
                 fx.job_changed(id);
                 self.dirty = true;
@@ -880,6 +897,7 @@ impl Core {
             self.unreachable.remove(&(since, node));
             let n = self.nodes.get_mut(&node).expect("unreachable node exists");
             n.conn = Conn::Down;
+            self.fits_cache.borrow_mut().clear();
             let jobs: Vec<JobId> = n.jobs.iter().copied().collect();
             for jid in jobs {
                 self.node_lost_tasks(now, fx, jid, node);
@@ -931,7 +949,7 @@ impl Core {
         if let Some(d) = job.deadline() {
             self.deadlines.insert((d, id));
         }
-        fx.persist(Record::Job(Box::new(job.clone())));
+        fx.persist(Record::job(&job));
         fx.job_changed(id);
         let nodes: Vec<NodeId> = job.alloc.iter().map(|a| a.node).collect();
         for node in nodes {
@@ -965,7 +983,7 @@ impl Core {
             exit_code: None,
             array: None,
         };
-        self.jobs.insert(child.id, child);
+        self.jobs.insert(child.id, Box::new(child));
         self.set_child_state(fx, parent, pos, ChildState::Active);
         let live = self.arrays.get_mut(&parent).expect("array live state");
         live.runnable.remove(&pos);
@@ -1005,7 +1023,7 @@ impl Core {
             fx.persist(Record::Event { job: id, time: now, text: "all tasks started".into() });
             fx.job_changed(id);
         }
-        fx.persist(Record::Job(Box::new(job.clone())));
+        fx.persist(Record::job(&job));
     }
 
     fn task_exited(
@@ -1042,7 +1060,9 @@ impl Core {
             self.finish(now, fx, id);
             return;
         }
-        fx.persist(Record::Job(Box::new(job.clone())));
+        // Rank exits in between are not written one by one (that made a wide
+        // job's end quadratic): agents keep and re-report them after a
+        // controller restart. The first failure is, with the kill it causes.
         if failed && job.killing.is_none() {
             // One bad rank ends the job: terminate the others on every node.
             let reason = job.fail.clone().expect("set above");
@@ -1077,7 +1097,7 @@ impl Core {
                 job.fail = Some(reason.clone());
             }
             fx.persist(Record::Event { job: id, time: now, text: format!("terminating: {}", reason.text()) });
-            fx.persist(Record::Job(Box::new(job.clone())));
+            fx.persist(Record::job(&job));
         }
         let kr = kill_reason(&reason);
         let attempt = job.attempt;
@@ -1171,7 +1191,7 @@ impl Core {
                 // Back into the parent's compact state; the record goes.
                 let parent = id.parent();
                 let attempts = job.attempt;
-                fx.persist(Record::Job(Box::new(job.clone())));
+                fx.persist(Record::job(&job));
                 self.jobs.remove(&id);
                 let pos = self.child_pos_of(parent, index);
                 let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
@@ -1183,7 +1203,7 @@ impl Core {
                 self.enqueue(parent);
                 fx.job_changed(id);
             } else {
-                fx.persist(Record::Job(Box::new(job.clone())));
+                fx.persist(Record::job(&job));
                 fx.job_changed(id);
                 self.enqueue(id);
             }
@@ -1195,7 +1215,7 @@ impl Core {
             Some(f) => format!("failed: {}", f.text()),
         };
         fx.persist(Record::Event { job: id, time: now, text });
-        fx.persist(Record::Job(Box::new(job.clone())));
+        fx.persist(Record::job(&job));
         fx.job_changed(id);
         if let Some(index) = id.index() {
             let parent = id.parent();
@@ -1264,7 +1284,7 @@ impl Core {
             Some(f) => format!("failed: {}", f.text()),
         };
         fx.persist(Record::Event { job: parent, time: now, text });
-        fx.persist(Record::Job(Box::new(p.clone())));
+        fx.persist(Record::job(&p));
         fx.job_changed(parent);
         self.unqueue(parent);
         self.dep_wait.remove(&parent);
@@ -1475,7 +1495,7 @@ impl Core {
 
     /// The raw record of a job.
     pub fn job(&self, id: JobId) -> Option<&Job> {
-        self.jobs.get(&id)
+        self.jobs.get(&id).map(|j| &**j)
     }
 
     /// Jobs (plain, array parents, running children), oldest first; terminal ones only with `all`.

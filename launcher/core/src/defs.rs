@@ -92,6 +92,7 @@ impl Core {
     }
 
     pub(crate) fn install_queue(&mut self, def: QueueDef) {
+        self.fits_cache.borrow_mut().clear();
         let usage = self.queues.remove(&def.name).map(|q| q.usage).unwrap_or_default();
         let running = self
             .jobs
@@ -128,6 +129,7 @@ impl Core {
 
     /// Recompute which compute environments hold `id` (the caller re-indexes).
     pub(crate) fn refresh_membership(&mut self, id: NodeId) {
+        self.fits_cache.borrow_mut().clear();
         let n = &self.nodes[&id];
         let ces: Vec<String> = self
             .ces
@@ -268,6 +270,7 @@ impl Core {
                     ));
                 }
                 self.ces.remove(&name);
+                self.fits_cache.borrow_mut().clear();
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in ids {
                     self.unindex_node(id);

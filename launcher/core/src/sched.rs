@@ -114,6 +114,8 @@ enum Outcome {
 struct Pass {
     full: bool,
     started: usize,
+    /// Entries looked at since the first one that could not start.
+    scanned_blocked: usize,
     /// (queue, shape, whether reserved nodes were allowed, whether it would
     /// have fit on reserved nodes) that did not fit.
     failed: Vec<(String, Shape, bool, bool)>,
@@ -144,7 +146,7 @@ impl Core {
                 }
             }
         }
-        let mut pass = Pass { full: self.dirty, started: 0, failed: Vec::new() };
+        let mut pass = Pass { full: self.dirty, started: 0, scanned_blocked: 0, failed: Vec::new() };
         self.dirty = false;
         let fresh = std::mem::take(&mut self.fresh);
         if pass.full {
@@ -167,7 +169,9 @@ impl Core {
                 continue;
             }
             let entries: Vec<JobId> = if pass.full {
-                q.waiting.values().flat_map(|s| s.iter().map(|(_, id)| *id)).collect()
+                // At most what the scan may look at, plus what can start before it.
+                let limit = self.cfg.max_backfill_scan.saturating_add(self.free_cpus_total as usize).saturating_add(1);
+                q.waiting.values().flat_map(|s| s.iter().map(|(_, id)| *id)).take(limit).collect()
             } else {
                 let mut v: Vec<(Reverse<u32>, JobId)> = fresh
                     .iter()
@@ -256,6 +260,12 @@ impl Core {
     ) -> (Outcome, bool) {
         if self.free_cpus_total == 0 {
             return (Outcome::Full, false);
+        }
+        if self.reservation.is_some() {
+            pass.scanned_blocked += 1;
+            if pass.scanned_blocked > self.cfg.max_backfill_scan {
+                return (Outcome::Full, false);
+            }
         }
         let Some(job) = self.jobs.get(&id) else { return (Outcome::Blocked, false) };
         let (unit, more) = match (&job.array, &job.spec.array) {
@@ -530,6 +540,19 @@ impl Core {
     pub(crate) fn never_fits(&self, job: &Job) -> Option<String> {
         let spec = &job.spec;
         let shape = Shape::of(spec);
+        // The verdict depends only on the queue, the shape and the node set:
+        // cached until a node or a definition changes (see `Core::fits_changed`).
+        let key = (spec.queue.clone(), shape.nodes, shape.big, shape.mem, spec.gpus_per_node, spec.constraint.clone());
+        if let Some(v) = self.fits_cache.borrow().get(&key) {
+            return v.clone();
+        }
+        let v = self.never_fits_uncached(spec, &shape);
+        self.fits_cache.borrow_mut().insert(key, v.clone());
+        v
+    }
+
+    fn never_fits_uncached(&self, spec: &JobSpec, shape: &Shape) -> Option<String> {
+        let shape = *shape;
         let q = self.queues.get(&spec.queue)?;
         let mut best = (0usize, 0u32, 0usize, String::new());
         for ce in &q.def.ces {
