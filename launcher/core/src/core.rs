@@ -807,7 +807,7 @@ impl Core {
                 let job = self.jobs.get_mut(&id).expect("exists");
                 job.state = JobState::Cancelled;
                 job.end_time = Some(now.0);
-                fx.persist(Record::job(&job));
+                fx.persist(Record::job(job));
                 fx.persist(Record::Event { job: id, time: now, text: "cancelled before it started".into() });
                 fx.job_changed(id);
                 self.dirty = true;
@@ -949,7 +949,7 @@ impl Core {
         if let Some(d) = job.deadline() {
             self.deadlines.insert((d, id));
         }
-        fx.persist(Record::job(&job));
+        fx.persist(Record::job(job));
         fx.job_changed(id);
         let nodes: Vec<NodeId> = job.alloc.iter().map(|a| a.node).collect();
         for node in nodes {
@@ -1023,7 +1023,7 @@ impl Core {
             fx.persist(Record::Event { job: id, time: now, text: "all tasks started".into() });
             fx.job_changed(id);
         }
-        fx.persist(Record::job(&job));
+        fx.persist(Record::job(job));
     }
 
     fn task_exited(
@@ -1097,7 +1097,7 @@ impl Core {
                 job.fail = Some(reason.clone());
             }
             fx.persist(Record::Event { job: id, time: now, text: format!("terminating: {}", reason.text()) });
-            fx.persist(Record::job(&job));
+            fx.persist(Record::job(job));
         }
         let kr = kill_reason(&reason);
         let attempt = job.attempt;
@@ -1191,7 +1191,7 @@ impl Core {
                 // Back into the parent's compact state; the record goes.
                 let parent = id.parent();
                 let attempts = job.attempt;
-                fx.persist(Record::job(&job));
+                fx.persist(Record::job(job));
                 self.jobs.remove(&id);
                 let pos = self.child_pos_of(parent, index);
                 let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
@@ -1203,7 +1203,7 @@ impl Core {
                 self.enqueue(parent);
                 fx.job_changed(id);
             } else {
-                fx.persist(Record::job(&job));
+                fx.persist(Record::job(job));
                 fx.job_changed(id);
                 self.enqueue(id);
             }
@@ -1215,7 +1215,7 @@ impl Core {
             Some(f) => format!("failed: {}", f.text()),
         };
         fx.persist(Record::Event { job: id, time: now, text });
-        fx.persist(Record::job(&job));
+        fx.persist(Record::job(job));
         fx.job_changed(id);
         if let Some(index) = id.index() {
             let parent = id.parent();
@@ -1284,7 +1284,7 @@ impl Core {
             Some(f) => format!("failed: {}", f.text()),
         };
         fx.persist(Record::Event { job: parent, time: now, text });
-        fx.persist(Record::job(&p));
+        fx.persist(Record::job(p));
         fx.job_changed(parent);
         self.unqueue(parent);
         self.dep_wait.remove(&parent);

@@ -180,7 +180,7 @@ impl Core {
         if self.jobs[&id].array.is_none() {
             let job = self.jobs.get_mut(&id).expect("job");
             job.state = JobState::Runnable;
-            fx.persist(Record::job(&job));
+            fx.persist(Record::job(job));
             fx.job_changed(id);
             self.enqueue(id);
             return;
@@ -256,7 +256,7 @@ impl Core {
         job.end_time = Some(now.0);
         fx.persist(Record::Event { job: id, time: now, text: format!("failed: {}", fail.text()) });
         job.fail = Some(fail);
-        fx.persist(Record::job(&job));
+        fx.persist(Record::job(job));
         fx.job_changed(id);
         self.ended.push_back(id);
     }
