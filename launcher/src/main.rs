@@ -46,6 +46,9 @@ enum Cmd {
         /// Seconds a node may stay unreachable before its jobs fail.
         #[arg(long, default_value_t = 60)]
         node_timeout: u64,
+        /// A scheduling pass looks at no more than this many waiting jobs past the first one that cannot start.
+        #[arg(long, default_value_t = 10_000)]
+        max_backfill_scan: usize,
     },
     /// Submit a batch job: `submit [OPTIONS] SCRIPT [ARGS]` or `submit [OPTIONS] -- CMD [ARGS]`.
     ///
@@ -246,7 +249,7 @@ fn main() {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let cred = cli.cred;
     match cli.cmd {
-        Cmd::Serve { state_dir, listen, advertise, init, cluster, kill_grace, node_timeout } => {
+        Cmd::Serve { state_dir, listen, advertise, init, cluster, kill_grace, node_timeout, max_backfill_scan } => {
             let cfg = launcher::controller::ServeConfig {
                 state_dir,
                 listen,
@@ -255,6 +258,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 core: launcher_core::Config {
                     kill_grace_ms: kill_grace * 1000,
                     node_timeout_ms: node_timeout * 1000,
+                    max_backfill_scan: max_backfill_scan.max(1),
                     ..Default::default()
                 },
             };
