@@ -469,10 +469,12 @@ impl Core {
             return SubmitOutcome::Rejected("the controller ran out of job ids".into());
         }
         self.next_job += 1;
-        let array = spec.array.as_ref().map(|a| ArrayState {
-            states: vec![ChildState::Pending; a.len() as usize],
-            attempts: BTreeMap::new(),
-            ends: BTreeMap::new(),
+        let array = spec.array.as_ref().map(|a| {
+            Box::new(ArrayState {
+                states: vec![ChildState::Pending; a.len() as usize],
+                attempts: BTreeMap::new(),
+                ends: BTreeMap::new(),
+            })
         });
         let job = Job {
             id,

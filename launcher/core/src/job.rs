@@ -161,7 +161,7 @@ pub struct Job {
     /// Exit code once terminal.
     pub exit_code: Option<i32>,
     /// For an array parent: every child's state.
-    pub array: Option<ArrayState>,
+    pub array: Option<Box<ArrayState>>,
 }
 
 /// Where one array child stands; one byte per child in the parent's record.
