@@ -153,7 +153,7 @@ fn pinned_tasks_sit_in_their_own_cpuset_cgroup() {
         let f: Vec<&str> = l.split_whitespace().collect();
         assert_eq!(f.len(), 4, "{l}");
         assert!(
-            f[1].starts_with("/launcher/node1/") && f[1].ends_with(&format!(".1/{rank}")),
+            f[1].starts_with("/launcher/node1.") && f[1].ends_with(&format!(".1/{rank}")),
             "cgroup of rank {rank}: {l}"
         );
         assert_eq!(f[2], f[3], "the cgroup holds exactly the planned CPUs: {l}");

@@ -459,7 +459,7 @@ fn easy_backfill_runs_short_jobs_around_a_waiting_gang_job() {
     assert!(us(&s, "end_time") <= us(&g, "start_time"));
     for id in [&unlimited, &too_long] {
         let j = c.wait_job(id, T);
-        assert_eq!(state(&j), "Succeeded");
+        assert_eq!(state(&j), "Succeeded", "{j}");
         assert!(us(&j, "start_time") >= us(&g, "start_time"), "{id} jumped the reservation");
     }
 }

@@ -162,7 +162,7 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
         pmi: Default::default(),
         exec: Default::default(),
         topo: std::sync::Arc::new(topo),
-        cpusets: crate::cpuset::Cpusets::detect(Path::new("/sys/fs/cgroup/cpuset"), &name),
+        cpusets: crate::cpuset::Cpusets::detect(Path::new("/sys/fs/cgroup/cpuset"), &name, &args.state_dir),
     };
     if let Some(cs) = &facts.cpusets {
         tracing::info!("pinned tasks also get cpuset cgroups: {cs:?}");

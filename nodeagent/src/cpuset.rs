@@ -1,5 +1,8 @@
 //! A cpuset cgroup per pinned task, where the host has the cgroup v1 cpuset
-//! controller and the agent is root: `<root>/launcher/<node>/<job>.<attempt>/<rank>`
+//! controller and the agent is root: `<root>/launcher/<node>.<id>/<job>.<attempt>/<rank>`,
+//! where `<id>` is a hash of the agent's state directory: several agents on
+//! one host (`launcher up`, parallel test clusters) never share a directory,
+//! while a restarted agent finds its own again
 //! with the task's CPUs and NUMA nodes. Unlike `sched_setaffinity` alone, the
 //! task cannot widen its own mask past it. The task joins its cgroup between
 //! fork and exec (it writes `0`, "myself", to the cgroup's `cgroup.procs`,
@@ -16,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// The agent's part of the cpuset hierarchy.
 #[derive(Debug, Clone)]
 pub struct Cpusets {
-    /// `<cpuset mount>/launcher/<node>`.
+    /// `<cpuset mount>/launcher/<node>.<id>`.
     dir: PathBuf,
 }
 
@@ -39,13 +42,19 @@ fn mkdir_inherit(dir: &Path) -> io::Result<()> {
 }
 
 impl Cpusets {
-    /// Use `<mount>/launcher/<node>` if `mount` is a cpuset v1 hierarchy and we are root.
-    pub fn detect(mount: &Path, node: &str) -> Option<Self> {
+    /// Use `<mount>/launcher/<node>.<id>` if `mount` is a cpuset v1 hierarchy and we are root.
+    pub fn detect(mount: &Path, node: &str, state_dir: &Path) -> Option<Self> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !mount.join("cpuset.cpus").is_file() {
             return None;
         }
-        let dir = mount.join("launcher").join(node);
+        // FNV-1a of the state directory: stable for this agent, distinct between agents.
+        let id = state_dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+        let dir = mount.join("launcher").join(format!("{node}.{:08x}", id as u32));
         let made = mkdir_inherit(&mount.join("launcher")).and_then(|()| mkdir_inherit(&dir));
         match made {
             Ok(()) => {
