@@ -697,25 +697,8 @@ async fn watch_task(
     let so = child.stdout.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stdout, files.0, out.clone())));
     let se = child.stderr.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stderr, files.1, out.clone())));
     let status = child.wait().await;
-    // A task that left a daemon holding its pipes open must not hang the job:
-    // give the pumps a moment to drain, then move on.
-    for h in [so, se].into_iter().flatten() {
-        let abort = h.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
-            abort.abort();
-        }
-    }
-    let status = match status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            match (s.code(), s.signal()) {
-                (Some(c), _) => ExitStatus::Code(c),
-                (None, Some(sig)) => ExitStatus::Signal(sig),
-                (None, None) => ExitStatus::Code(255),
-            }
-        }
-        Err(e) => ExitStatus::LaunchFailed(format!("cannot wait for the task: {e}")),
-    };
+    drain_pumps([so, se].into_iter().flatten()).await;
+    let status = exit_status(status, "task");
     let (pmi, grace_killed, killing) = table
         .lock()
         .expect("job table lock")
@@ -831,6 +814,30 @@ pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
         if let Some(dir) = run.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A process that left a daemon holding its pipes open must not hang its
+/// job: give its output pumps a moment to drain, then stop them.
+pub(crate) async fn drain_pumps<T>(pumps: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) {
+    for h in pumps {
+        let abort = h.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// How a waited-for `what` (task, command) ended, in protocol terms.
+pub(crate) fn exit_status(waited: std::io::Result<std::process::ExitStatus>, what: &str) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match waited {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::Code(255),
+        },
+        Err(e) => ExitStatus::LaunchFailed(format!("cannot wait for the {what}: {e}")),
     }
 }
 

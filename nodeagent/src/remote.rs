@@ -299,24 +299,9 @@ pub fn run(m: ExecMsg, table: &JobTable, out: &UnboundedSender<FromAgent>, node_
         let so = pump(child.stdout.take().map(|s| Box::new(s) as _), Stream::Stdout);
         let se = pump(child.stderr.take().map(|s| Box::new(s) as _), Stream::Stderr);
         let status = child.wait().await;
-        for h in [so, se] {
-            let abort = h.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
-                abort.abort();
-            }
-        }
+        crate::exec::drain_pumps([so, se]).await;
         je.children.lock().expect("exec children lock").remove(&(origin, id));
-        let status = match status {
-            Ok(s) => {
-                use std::os::unix::process::ExitStatusExt;
-                match (s.code(), s.signal()) {
-                    (Some(c), _) => ExitStatus::Code(c),
-                    (None, Some(sig)) => ExitStatus::Signal(sig),
-                    (None, None) => ExitStatus::Code(255),
-                }
-            }
-            Err(e) => ExitStatus::LaunchFailed(format!("cannot wait for the command: {e}")),
-        };
+        let status = crate::exec::exit_status(status, "command");
         let _ = out.send(FromAgent::ExecExited { origin, id, status });
     });
 }
