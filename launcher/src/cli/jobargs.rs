@@ -241,35 +241,11 @@ impl JobArgs {
             gpus_per_node: 0,
             constraint: self.constraint.clone(),
             bind: launcher_proto::BindSpec {
-                cpu: self
-                    .cpu_bind
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow!(e))?
-                    .unwrap_or_default(),
-                distribution: self
-                    .distribution
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow!(e))?
-                    .unwrap_or_default(),
+                cpu: parse_or_default(self.cpu_bind.as_deref())?,
+                distribution: parse_or_default(self.distribution.as_deref())?,
                 gpus_per_task: self.gpus_per_task.unwrap_or(0),
-                gpu: self
-                    .gpu_bind
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow!(e))?
-                    .unwrap_or_default(),
-                nic: self
-                    .nic
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow!(e))?
-                    .unwrap_or_default(),
+                gpu: parse_or_default(self.gpu_bind.as_deref())?,
+                nic: parse_or_default(self.nic.as_deref())?,
             },
         };
         // --gpus-per-task alone implies the per-node GPU count the scheduler must find.
@@ -388,6 +364,11 @@ pub fn parse_retry_rule(v: &str) -> Result<launcher_proto::ExitRule> {
         *slot = Some(val.to_string());
     }
     Ok(rule)
+}
+
+/// An option's value parsed with its type's own error text, or the default when absent.
+fn parse_or_default<T: std::str::FromStr<Err = String> + Default>(v: Option<&str>) -> Result<T> {
+    Ok(v.map(str::parse).transpose().map_err(|e: String| anyhow!(e))?.unwrap_or_default())
 }
 
 fn basename(p: &str) -> String {
