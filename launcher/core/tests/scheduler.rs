@@ -21,21 +21,7 @@ fn admin(e: &mut Env, op: AdminOp) {
 }
 
 fn node_with(e: &mut Env, name: &str, cpus: u32, features: &[&str]) -> NodeId {
-    let reg = RegisterMsg {
-        name: name.into(),
-        inventory: Inventory {
-            cpus,
-            mem_mib: 1024,
-            addr: format!("10.0.0.{}", e.nodes.len() + 1),
-            features: features.iter().map(|f| f.to_string()).collect(),
-            ..Default::default()
-        },
-        jobs: vec![],
-    };
-    let (id, _) = e.core.on_register(e.now, &mut e.fx, reg);
-    e.nodes.insert(name.into(), id);
-    e.core.sanity_check();
-    id
+    e.register_with(name, cpus, features, vec![])
 }
 
 fn timed(nodes: u32, tasks: u32, secs: u64) -> JobSpec {

@@ -65,12 +65,18 @@ impl Env {
     }
 
     pub fn register(&mut self, name: &str, cpus: u32, jobs: Vec<JobReport>) -> NodeId {
+        self.register_with(name, cpus, &[], jobs)
+    }
+
+    /// A node with agent features (`--feature`).
+    pub fn register_with(&mut self, name: &str, cpus: u32, features: &[&str], jobs: Vec<JobReport>) -> NodeId {
         let reg = RegisterMsg {
             name: name.into(),
             inventory: Inventory {
                 cpus,
                 mem_mib: 1024,
                 addr: format!("10.0.0.{}", self.nodes.len() + 1),
+                features: features.iter().map(|f| f.to_string()).collect(),
                 ..Default::default()
             },
             jobs,
