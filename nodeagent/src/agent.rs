@@ -155,20 +155,24 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     inventory::merge_topology(&mut inv, &topo);
     let users = crate::users::Policy::default_for_agent(args.run_as_self, args.allow_root_jobs);
     tracing::info!(?users, "task identity policy");
+    let table: JobTable = Default::default();
+    let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
+    let exec_pending = crate::remote::Pending::default();
+    let remote = crate::remote::Remote::start(&jobs_dir, exec_pending.clone(), out_tx.clone())
+        .with_context(|| format!("cannot set up the launcher exec socket under {}", jobs_dir.display()))?;
     let facts = NodeFacts {
         name: name.clone(),
         state_dir: args.state_dir.clone(),
         users,
         pmi: Default::default(),
-        exec: Default::default(),
+        exec: exec_pending,
         topo: std::sync::Arc::new(topo),
         cpusets: crate::cpuset::Cpusets::detect(Path::new("/sys/fs/cgroup/cpuset"), &name, &args.state_dir),
+        remote,
     };
     if let Some(cs) = &facts.cpusets {
         tracing::info!("pinned tasks also get cpuset cgroups: {cs:?}");
     }
-    let table: JobTable = Default::default();
-    let (out_tx, mut out_rx) = unbounded_channel::<FromAgent>();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut backoff = Duration::from_millis(50);

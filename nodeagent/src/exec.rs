@@ -79,6 +79,8 @@ pub struct NodeFacts {
     pub topo: Arc<crate::topo::Topology>,
     /// Per-task cpuset cgroups, where the host has them.
     pub cpusets: Option<crate::cpuset::Cpusets>,
+    /// The `launcher exec` socket, `rsh` script and shared hostfiles.
+    pub remote: crate::remote::Remote,
 }
 
 /// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
@@ -228,6 +230,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 /// Start every local task of `msg`. Returns once all are spawned (or failed to
 /// spawn); exits arrive later through `out`.
 pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &UnboundedSender<FromAgent>) {
+    let msg = Arc::new(msg);
     let key = (msg.job, msg.attempt);
     {
         let mut t = table.lock().expect("job table lock");
@@ -243,20 +246,12 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         t.insert(key, run);
     }
     let spec = &msg.spec;
-    // Per-attempt directory: the script copy and the output spool.
+    // Per-attempt directory: the script copy and the output spool, made when
+    // the first of them is written (a command with no output needs none).
     let dir = attempt_dir(facts, msg.job, msg.attempt);
+    table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
     let account = facts.users.account_for(&spec.user, &facts.name);
-    let prepared = account.clone().and_then(|acct| {
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| {
-                use std::os::unix::fs::PermissionsExt;
-                // Traversable (a task's user runs its script from here), not listable.
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-            })
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
-        program_for(spec, &dir, acct.as_ref())
-    });
+    let prepared = account.clone().and_then(|acct| program_for(spec, &dir, acct.as_ref()));
     let account = account.unwrap_or(None);
     let (program, mut setup_error) = match prepared {
         Ok(p) => (Some(p), None),
@@ -299,10 +294,15 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         setup_error = Some(format!("working directory {} does not exist on node {}", cwd.display(), facts.name));
     }
     // mpirun inside the allocation: hostfiles, and `launcher exec` for its remote starts.
-    let mut hostfiles = None;
+    let mut mpirun_vars = None;
     if setup_error.is_none() {
-        match crate::remote::prepare(&msg, facts, &dir, account.as_ref(), &cwd, table, out) {
-            Ok(()) => hostfiles = Some(dir.clone()),
+        match crate::remote::prepare(&msg, facts, account.as_ref(), &cwd) {
+            Ok(je) => {
+                mpirun_vars = Some(crate::remote::task_vars(&je, facts));
+                if let Some(run) = table.lock().expect("job table lock").get_mut(&key) {
+                    run.exec = Some(je);
+                }
+            }
             Err(e) => tracing::warn!(job = %msg.job, "no hostfiles or launcher exec for this job: {e}"),
         }
     }
@@ -388,11 +388,8 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                 cmd.env("PMI_PORT", port).env("PMI_ID", rank.to_string());
             }
         }
-        if let Some(d) = &hostfiles {
-            cmd.env("LAUNCHER_HOSTFILE", d.join(crate::remote::HOSTFILE))
-                .env("LAUNCHER_HOSTFILE_MPICH", d.join(crate::remote::HOSTFILE_MPICH))
-                .env("LAUNCHER_EXEC_SOCK", d.join(crate::remote::EXEC_SOCK))
-                .env("LAUNCHER_RSH", d.join(crate::remote::RSH));
+        if let Some(vars) = &mpirun_vars {
+            cmd.envs(vars.iter().map(|(k, v)| (*k, v)));
         }
         let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
         let affinity = placed.cpus.as_deref().map(cpu_set);
@@ -542,6 +539,7 @@ fn program_for(
         return Ok((PathBuf::from(first), rest.to_vec()));
     };
     use std::os::unix::fs::PermissionsExt;
+    make_attempt_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("script");
     std::fs::write(&path, script)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
@@ -590,6 +588,21 @@ fn record_exit(table: &JobTable, key: (JobId, u32), rank: u32, status: ExitStatu
     }
 }
 
+/// Create the attempt directory if it is not there yet: traversable (a task's
+/// user runs its script from here), not listable.
+fn make_attempt_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            // The mode given to mkdir is masked by the umask; this one is not.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The per-attempt scratch directory.
 pub fn attempt_dir(facts: &NodeFacts, job: JobId, attempt: u32) -> PathBuf {
     facts.state_dir.join("jobs").join(format!("{job}.{attempt}"))
@@ -618,16 +631,19 @@ async fn pump(
     out: UnboundedSender<FromAgent>,
 ) {
     use std::io::Write;
-    // Only the agent reads the spool (mode 0600): other users' output stays private.
-    let mut spool_file = {
+    // Only the agent reads the spool (mode 0600): other users' output stays
+    // private. Opened with the first byte: a silent task leaves no files.
+    let open_spool = || {
         use std::os::unix::fs::OpenOptionsExt;
+        make_attempt_dir(&spool.dir)?;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(spool.dir.join(spool_name(spool.rank, stream)))
-            .ok()
     };
+    let mut spool_file: Option<std::fs::File> = None;
+    let mut spool_failed = false;
     let mut offset = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -639,8 +655,18 @@ async fn pump(
                         file = None;
                     }
                 }
+                if spool_file.is_none() && !spool_failed {
+                    match open_spool() {
+                        Ok(f) => spool_file = Some(f),
+                        Err(e) => {
+                            tracing::warn!(job = %spool.job, rank = spool.rank, "output spool: {e}; output sent while the controller is away may be lost");
+                            spool_failed = true;
+                        }
+                    }
+                }
                 if let Some(f) = spool_file.as_mut() {
                     if let Err(e) = f.write_all(&buf[..n]) {
+                        spool_failed = true;
                         tracing::warn!(job = %spool.job, rank = spool.rank, "output spool: {e}; output sent while the controller is away may be lost");
                         spool_file = None;
                     }
@@ -807,7 +833,7 @@ pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
         }
     };
     if let Some(run) = removed {
-        crate::remote::kill_run(&run);
+        crate::remote::forget_run(&run, facts);
         if let Some(cs) = &facts.cpusets {
             cs.remove(job.0, attempt);
         }
@@ -903,6 +929,7 @@ mod tests {
             exec: Default::default(),
             topo: Default::default(),
             cpusets: None,
+            remote: Default::default(),
         };
         let env: BTreeMap<String, String> = task_env(&msg, &facts, 3, 1).into_iter().collect();
         assert_eq!(env["LAUNCHER_RANK"], "3");
