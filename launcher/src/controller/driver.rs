@@ -4,12 +4,15 @@
 //! waiting (up to a bound), feeds them to the core, runs timeouts and a
 //! scheduling pass, commits everything the core asked to persist in **one**
 //! SQLite transaction, and only then sends messages to agents, replies to
-//! clients and wakes watchers. So an acknowledgement or a launch never leaves
-//! before the state behind it is on disk, and concurrent submissions share an
-//! fsync (group commit).
+//! clients and wakes watchers. So an acknowledgement never leaves before the
+//! state behind it is on disk, a launch never leaves before it is committed,
+//! and concurrent submissions share an fsync (group commit). Batches of agent
+//! news alone (task starts and ends) are committed without an fsync of their
+//! own; the next durable commit, or a sync at most `SYNC_WITHIN` later, puts
+//! them on disk (store.rs, Durability).
 
 use super::pki::{token_hash, Pki};
-use super::store::{CertIdentity, Store};
+use super::store::{CertIdentity, Store, SYNC_WITHIN};
 use launcher_core::{Core, Effects, Record, SubmitOutcome, Time};
 use launcher_proto::{
     CancelOutcome, ErrorKind, ErrorMsg, ExecMsg, ExitStatus, FromAgent, JobId, JobInfo, JobSpec, JobState, NodeId,
@@ -118,8 +121,16 @@ impl Driver {
     /// Run until `Shutdown` or every sender is gone.
     pub fn run(mut self, rx: Receiver<Input>) {
         let mut agents: HashMap<NodeId, (u64, UnboundedSender<ToAgent>)> = HashMap::new();
+        let mut unsynced_since: Option<std::time::Instant> = None;
         loop {
-            let first = match self.core.next_timeout() {
+            // Relaxed commits reach the disk within SYNC_WITHIN, even when nothing else happens.
+            let sync_at =
+                unsynced_since.map(|t| Time(now().0 + (SYNC_WITHIN.saturating_sub(t.elapsed())).as_micros() as u64));
+            let wake = match (self.core.next_timeout(), sync_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match wake {
                 Some(t) => {
                     let wait = Duration::from_micros(t.0.saturating_sub(now().0)).max(Duration::from_millis(1));
                     match rx.recv_timeout(wait) {
@@ -144,16 +155,30 @@ impl Driver {
             let mut fx = Fx::default();
             let mut replies: Vec<Reply> = Vec::new();
             let mut stop = false;
+            // Anything a client is told must be on disk first; agents' news
+            // alone may wait for the next fsync (store.rs, Durability).
+            let mut durable = false;
             for input in batch {
                 if let Input::Shutdown = input {
                     stop = true;
+                    durable = true;
                     continue;
                 }
+                durable |= !matches!(input, Input::Agent { .. } | Input::AgentDown { .. } | Input::Nodes { .. });
                 self.handle(t, input, &mut fx, &mut replies, &mut agents);
             }
             self.core.on_timeout(t, &mut fx);
             self.core.schedule(t, &mut fx);
-            if let Err(e) = self.store.commit(&fx.records) {
+            durable |= unsynced_since.is_some_and(|s| s.elapsed() >= SYNC_WITHIN);
+            let synced = self.store.commit(&fx.records, durable);
+            if synced.is_ok() {
+                if !self.store.unsynced() {
+                    unsynced_since = None;
+                } else if unsynced_since.is_none() {
+                    unsynced_since = Some(std::time::Instant::now());
+                }
+            }
+            if let Err(e) = synced {
                 // Nothing from this batch may leave: the clients see an error
                 // and retry; the agents get nothing. Exit so a supervisor restarts
                 // us from the last consistent state.

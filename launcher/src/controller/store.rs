@@ -18,6 +18,9 @@ pub enum StoreError {
     /// SQLite said no.
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The write-ahead log could not be synced.
+    #[error("state database log: {0}")]
+    Io(#[from] std::io::Error),
     /// A row could not be decoded (written by an incompatible version?).
     #[error("state database row {table}/{id} is unreadable: {source}")]
     Decode {
@@ -43,9 +46,24 @@ pub struct CertIdentity {
 }
 
 /// The state database.
+///
+/// Durability: a batch that answers a client (a submission, a cancel, an admin
+/// change, a read) commits with `synchronous=FULL`, so it is on disk before the
+/// answer leaves; a batch of agent news only (task starts and ends) commits
+/// with `synchronous=NORMAL`: safe against a controller crash at once (the OS
+/// holds it), and on disk with the next durable commit or [`Store::sync`],
+/// which the driver runs within [`SYNC_WITHIN`].
 pub struct Store {
     conn: Connection,
+    wal: std::path::PathBuf,
+    /// The connection is in `synchronous=NORMAL`.
+    relaxed: bool,
+    /// Commits since the last fsync of the write-ahead log.
+    unsynced: bool,
 }
+
+/// The longest a relaxed commit waits for its fsync.
+pub const SYNC_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Store {
     /// Open (creating tables if needed).
@@ -64,15 +82,45 @@ impl Store {
              CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));
              CREATE TABLE IF NOT EXISTS children (parent INTEGER NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (parent, pos));",
         )?;
-        Ok(Store { conn })
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok(Store { conn, wal: wal.into(), relaxed: false, unsynced: false })
+    }
+
+    fn set_relaxed(&mut self, relaxed: bool) -> Result<(), StoreError> {
+        if self.relaxed != relaxed {
+            self.conn.pragma_update(None, "synchronous", if relaxed { "NORMAL" } else { "FULL" })?;
+            self.relaxed = relaxed;
+        }
+        Ok(())
+    }
+
+    /// Whether relaxed commits are waiting for an fsync.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Put every commit so far on disk (fsync the write-ahead log).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced {
+            match std::fs::File::open(&self.wal).and_then(|f| f.sync_data()) {
+                // No log: a checkpoint moved everything into the synced database.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Io(e)),
+                _ => {}
+            }
+            self.unsynced = false;
+        }
+        Ok(())
     }
 
     /// Write a batch of core records in one transaction. Later records of the
     /// same job replace earlier ones within the batch.
-    pub fn commit(&mut self, records: &[Record]) -> Result<(), StoreError> {
+    /// `durable`: on disk (with every earlier commit) before this returns.
+    pub fn commit(&mut self, records: &[Record], durable: bool) -> Result<(), StoreError> {
         if records.is_empty() {
-            return Ok(());
+            return if durable { self.sync() } else { Ok(()) };
         }
+        self.set_relaxed(!durable)?;
         let mut last_job: HashMap<u64, usize> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             if let Record::Job(j) = r {
@@ -135,6 +183,8 @@ impl Store {
             }
         }
         tx.commit()?;
+        // A FULL commit fsyncs the whole log, earlier relaxed frames included.
+        self.unsynced = !durable;
         Ok(())
     }
 
@@ -201,7 +251,8 @@ impl Store {
     }
 
     /// Record an issued certificate.
-    pub fn add_cert(&self, fp: &[u8; 32], id: &CertIdentity) -> Result<(), StoreError> {
+    pub fn add_cert(&mut self, fp: &[u8; 32], id: &CertIdentity) -> Result<(), StoreError> {
+        self.set_relaxed(false)?;
         self.conn.execute(
             "INSERT OR REPLACE INTO certs (fingerprint, kind, name, role, revoked) VALUES (?1, ?2, ?3, ?4, 0)",
             params![nodeagent::wire::hex(fp), id.kind, id.name, id.role],
@@ -210,7 +261,8 @@ impl Store {
     }
 
     /// Revoke every agent certificate issued for `name`; returns their fingerprints.
-    pub fn revoke_agent(&self, name: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+    pub fn revoke_agent(&mut self, name: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.set_relaxed(false)?;
         let mut st =
             self.conn.prepare("SELECT fingerprint FROM certs WHERE kind = 'agent' AND name = ?1 AND revoked = 0")?;
         let fps: Vec<String> = st.query_map([name], |r| r.get(0))?.collect::<Result<_, _>>()?;
@@ -235,13 +287,15 @@ impl Store {
     }
 
     /// Remember a join token (by hash) until `expires` (µs since epoch).
-    pub fn add_token(&self, hash: &str, expires: u64) -> Result<(), StoreError> {
+    pub fn add_token(&mut self, hash: &str, expires: u64) -> Result<(), StoreError> {
+        self.set_relaxed(false)?;
         self.conn.execute("INSERT INTO tokens (hash, expires) VALUES (?1, ?2)", params![hash, expires as i64])?;
         Ok(())
     }
 
     /// Consume a token: Ok(None) if valid (now used), Ok(Some(why)) if not.
-    pub fn use_token(&self, hash: &str, now: u64) -> Result<Option<&'static str>, StoreError> {
+    pub fn use_token(&mut self, hash: &str, now: u64) -> Result<Option<&'static str>, StoreError> {
+        self.set_relaxed(false)?;
         let row: Option<(i64, i64)> = self
             .conn
             .query_row("SELECT expires, used FROM tokens WHERE hash = ?1", [hash], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -305,12 +359,12 @@ mod tests {
         };
         let SubmitOutcome::Accepted(id) = core.on_submit(Time(5), &mut fx, spec, None) else { panic!() };
         let mut s = Store::open(&p).unwrap();
-        s.commit(&fx.0).unwrap();
+        s.commit(&fx.0, true).unwrap();
         let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 0, "a 10,000-child submit writes no child rows");
         fx.0.clear();
         core.schedule(Time(6), &mut fx);
-        s.commit(&fx.0).unwrap();
+        s.commit(&fx.0, true).unwrap();
         let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 2, "one row per started child");
         drop(s);
@@ -340,7 +394,7 @@ mod tests {
             assert!(matches!(core.on_submit(Time(5), &mut fx, spec.clone(), None), SubmitOutcome::Accepted(_)));
         }
         let mut s = Store::open(&p).unwrap();
-        s.commit(&fx.0).unwrap();
+        s.commit(&fx.0, true).unwrap();
         drop(s);
         let s = Store::open(&p).unwrap();
         let (nodes, jobs) = s.load().unwrap();
@@ -354,7 +408,7 @@ mod tests {
     #[test]
     fn tokens_are_one_time_and_expire() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("s.db")).unwrap();
+        let mut s = Store::open(&d.path().join("s.db")).unwrap();
         s.add_token("h1", 100).unwrap();
         s.add_token("h2", 10).unwrap();
         assert_eq!(s.use_token("h1", 50).unwrap(), None);
