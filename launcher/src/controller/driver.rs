@@ -24,6 +24,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc::UnboundedSender, oneshot};
 
+/// `show --bindings` answers for this many of the newest jobs (job ids grow).
+const BINDINGS_KEPT: usize = 10_000;
+
 /// Identities of issued certificates, shared with the network layer.
 pub type Identities = Arc<RwLock<HashMap<[u8; 32], CertIdentity>>>;
 
@@ -110,8 +113,8 @@ pub struct Driver {
     /// Address users should put in credentials.
     pub public_addr: String,
     /// Task placements the agents reported, per job: (attempt, rank → binding).
-    /// Kept in memory only: after a controller restart `show --bindings` is
-    /// empty for jobs started before it.
+    /// Kept in memory only, for the newest [`BINDINGS_KEPT`] jobs: after a
+    /// controller restart `show --bindings` is empty for jobs started before it.
     pub bindings: BTreeMap<JobId, (u32, BTreeMap<u32, TaskBinding>)>,
 }
 
@@ -269,6 +272,10 @@ impl Driver {
                         *e = (attempt, BTreeMap::new());
                     }
                     e.1.extend(tasks.into_iter().map(|b| (b.rank, b)));
+                    // The newest jobs' placements only: an array of 100,000 must not keep 100,000.
+                    while self.bindings.len() > BINDINGS_KEPT {
+                        self.bindings.pop_first();
+                    }
                 }
             }
             Input::Agent { node, msg } => match msg {
