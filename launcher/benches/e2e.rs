@@ -5,7 +5,13 @@
 //! 1. sequential CLI submissions per second (`launcher submit -- true`, one process each);
 //! 2. end-to-end throughput: 1,000 `true` jobs submitted over one connection
 //!    (64 in flight) until the last one has ended;
-//! 3. `launcher run` latency, median of 10: `-N 2 -n 4 true` and `-N 1 -n 1 true`.
+//! 3. `launcher run` latency, median of 10: `-N 2 -n 4 true` and `-N 1 -n 1 true`;
+//! 4. direct MPI launch against `mpiexec.hydra` (when MPICH is installed);
+//! 5. array throughput: `--array 1-N -- true` (N from `BENCH_ARRAYS`, default
+//!    `1000,10000`), submit to the parent's end, with the CPU time the whole
+//!    cluster (controller, agents, tasks) spent on it.
+//!
+//! `BENCH_ONLY=5` runs only part 5 (any comma-separated list of parts).
 
 use launcher::cli::client::Client;
 use launcher_proto::{JobSpec, Request, Response};
@@ -27,6 +33,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let n_submit: usize = std::env::var("BENCH_SUBMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let n_jobs: usize = std::env::var("BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let only: Option<Vec<u32>> =
+        std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let part = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let dir = tempfile::tempdir().unwrap();
     let mut up = Command::new(bin())
         .args(["up", "--nodes", "4", "--cpus-per-node", "2", "--state-dir"])
@@ -56,6 +65,111 @@ fn main() {
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         out
     };
+    std::env::set_var("LAUNCHER_CRED", &cred);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if part(1) {
+        part1(&cli, n_submit, &cred);
+    }
+    if part(2) {
+        part2(&rt, n_jobs);
+    }
+    if part(3) {
+        part3(&cli);
+    }
+    if part(4) {
+        part4(&cli, dir.path());
+    }
+    if part(5) {
+        let sizes: Vec<u32> = std::env::var("BENCH_ARRAYS")
+            .unwrap_or_else(|_| "1000,10000".into())
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        for n in sizes {
+            part5(&rt, n, up.id() as i32);
+        }
+    }
+
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let _ = up.wait();
+}
+
+/// CPU seconds (user + system) used so far by `pid` and every process below
+/// it, living or reaped.
+fn tree_cpu_s(pid: i32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let mut stack = vec![pid];
+    let all: Vec<(i32, i32, f64)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let rest = &st[st.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            // Fields after the name: 0 state, 1 ppid, ... 11 utime, 12 stime, 13 cutime, 14 cstime.
+            let ppid = f.get(1)?.parse().ok()?;
+            let cpu: f64 = (11..=14).filter_map(|i| f.get(i)?.parse::<f64>().ok()).sum();
+            Some((p, ppid, cpu / tick))
+        })
+        .collect();
+    while let Some(p) = stack.pop() {
+        for (c, pp, cpu) in &all {
+            if *c == p {
+                total += cpu;
+            }
+            if *pp == p {
+                stack.push(*c);
+            }
+        }
+    }
+    total
+}
+
+fn part5(rt: &tokio::runtime::Runtime, n: u32, up: i32) {
+    let (cpu0, t) = (tree_cpu_s(up), Instant::now());
+    let (submit_ms, total_s) = rt.block_on(async {
+        let client = Client::connect(None).await.unwrap();
+        let spec = JobSpec {
+            name: "array".into(),
+            queue: "default".into(),
+            nodes: 1,
+            tasks: 1,
+            cpus_per_task: 1,
+            command: vec!["true".into()],
+            cwd: "/".into(),
+            array: Some(launcher_proto::ArraySpec { start: 1, end: n, step: 1, max_running: None, sequential: false }),
+            ..Default::default()
+        };
+        let job = match client.call(&Request::Submit { spec: Box::new(spec), key: None }).await.unwrap() {
+            Response::Submitted { job } => job,
+            r => panic!("{r:?}"),
+        };
+        let submit_ms = t.elapsed().as_secs_f64() * 1000.0;
+        loop {
+            match client.call(&Request::Show { job }).await.unwrap() {
+                Response::Job(j) if j.state.is_terminal() => {
+                    assert_eq!(j.state, launcher_proto::JobState::Succeeded, "{j:?}");
+                    break;
+                }
+                Response::Job(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                r => panic!("{r:?}"),
+            }
+        }
+        (submit_ms, t.elapsed().as_secs_f64())
+    });
+    let cpu = tree_cpu_s(up) - cpu0;
+    println!(
+        "array --array 1-{n} -- true on 4 agents x 2 slots: {total_s:.2} s = {:.0} tasks/s (submit {submit_ms:.1} ms); cluster CPU {cpu:.2} s = {:.2} ms per task",
+        n as f64 / total_s,
+        cpu * 1000.0 / n as f64
+    );
+}
+
+fn part1(cli: &dyn Fn(&[&str]) -> std::process::Output, n_submit: usize, cred: &PathBuf) {
     let t = Instant::now();
     for _ in 0..n_submit {
         cli(&["submit", "--parsable", "--", "true"]);
@@ -66,12 +180,11 @@ fn main() {
         n_submit as f64 / secs,
         secs * 1000.0 / n_submit as f64
     );
-    wait_idle(&cred);
+    wait_idle(cred);
+}
 
-    // 2. End-to-end throughput.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+fn part2(rt: &tokio::runtime::Runtime, n_jobs: usize) {
     let (submit_s, total_s) = rt.block_on(async {
-        std::env::set_var("LAUNCHER_CRED", &cred);
         let client = Arc::new(Client::connect(None).await.unwrap());
         let spec = JobSpec {
             name: "true".into(),
@@ -112,7 +225,9 @@ fn main() {
         n_jobs as f64 / submit_s
     );
 
-    // 3. Latency of `launcher run`.
+}
+
+fn part3(cli: &dyn Fn(&[&str]) -> std::process::Output) {
     for (label, args) in [
         ("-N 2 -n 4 true", vec!["run", "-N", "2", "-n", "4", "--", "true"]),
         ("-N 1 -n 1 true", vec!["run", "-N", "1", "-n", "1", "--", "true"]),
@@ -129,8 +244,10 @@ fn main() {
         println!("launcher run {label}: median {:.1} ms (min {min:.1}, max {max:.1}, n=10)", median(v));
     }
 
-    // 4. Direct MPI launch vs MPICH's own launcher (when MPICH is installed).
-    let hello = dir.path().join("hello_mpich");
+}
+
+fn part4(cli: &dyn Fn(&[&str]) -> std::process::Output, dir: &std::path::Path) {
+    let hello = dir.join("hello_mpich");
     let built = Command::new("mpicc.mpich")
         .arg("-O2")
         .arg("-o")
@@ -166,12 +283,6 @@ fn main() {
     } else {
         println!("MPI hello: SKIP (mpicc.mpich not found)");
     }
-
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(up.id() as i32, libc::SIGTERM);
-    }
-    let _ = up.wait();
 }
 
 fn wait_idle(cred: &PathBuf) {
