@@ -7,7 +7,8 @@
 //!
 //! Modules: [`agent`] (connection and dispatch), [`exec`] (tasks),
 //! [`inventory`] (what the node offers), [`hostlist`] (Slurm hostlists),
-//! [`wire`] (QUIC transport shared with the CLI).
+//! [`wire`] (QUIC transport shared with the CLI), [`spawn`] (starting a task
+//! without fork).
 
 pub mod agent;
 pub mod bind;
@@ -17,6 +18,7 @@ pub mod hostlist;
 pub mod inventory;
 pub mod pmi;
 pub mod remote;
+pub mod spawn;
 pub mod topo;
 pub mod users;
 pub mod wire;
