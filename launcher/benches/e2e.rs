@@ -224,7 +224,6 @@ fn part2(rt: &tokio::runtime::Runtime, n_jobs: usize) {
         n_jobs as f64 / total_s,
         n_jobs as f64 / submit_s
     );
-
 }
 
 fn part3(cli: &dyn Fn(&[&str]) -> std::process::Output) {
@@ -243,7 +242,6 @@ fn part3(cli: &dyn Fn(&[&str]) -> std::process::Output) {
         let (min, max) = (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
         println!("launcher run {label}: median {:.1} ms (min {min:.1}, max {max:.1}, n=10)", median(v));
     }
-
 }
 
 fn part4(cli: &dyn Fn(&[&str]) -> std::process::Output, dir: &std::path::Path) {

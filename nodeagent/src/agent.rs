@@ -130,6 +130,12 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     // Job scripts are exec'd after a chdir: every path we hand out must be absolute.
     args.state_dir =
         std::path::absolute(&args.state_dir).with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
+    // Descriptors inherited without close-on-exec (a shell's, a supervisor's)
+    // would reach every task: mark them all close-on-exec (Linux 5.11+).
+    // SAFETY: a plain syscall that only sets flags on descriptors.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
     let name = args.name.clone().unwrap_or_else(hostname);
     let creds = ensure_creds(&args, &name).await?;
     // A fresh agent holds no tasks (they die with the agent that started them),

@@ -11,7 +11,6 @@ use crate::hostlist;
 use launcher_proto::{ExitStatus, FromAgent, JobId, LaunchMsg, Stream};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -348,50 +347,48 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         }
         let (prog, args) = program.clone().expect("program set when no setup error");
         let placed = &plans[i];
-        let mut cmd = tokio::process::Command::new(&prog);
-        cmd.args(&args)
-            .envs(task_env(&msg, facts, rank, task.local_rank))
-            .envs(placed.env.iter().cloned())
-            // The user's --env wins over the plan's hints too.
-            .envs(spec.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
+        // The environment: the agent's, then ours, the plan's hints, the
+        // user's --env, the account, PMI and mpirun variables; later wins.
+        let mut env = Env::inherited();
+        env.extend(task_env(&msg, facts, rank, task.local_rank));
+        env.extend(placed.env.iter().cloned());
+        // The user's --env wins over the plan's hints too.
+        env.extend(spec.env.iter().cloned());
         if let Some(a) = &account {
-            cmd.env("USER", &a.name).env("LOGNAME", &a.name).env("HOME", &a.home).env("SHELL", &a.shell);
+            env.extend([("USER", &a.name), ("LOGNAME", &a.name), ("HOME", &a.home), ("SHELL", &a.shell)]);
         }
         let pmi_fd: Option<i32> = pmi
             .as_ref()
             .and_then(|(_, pairs)| pairs.iter().find(|(r, ..)| *r == rank))
             .map(|(_, theirs, _)| std::os::fd::AsRawFd::as_raw_fd(theirs));
         if let Some(fd) = pmi_fd {
-            cmd.env("PMI_FD", fd.to_string())
-                .env("PMI_RANK", rank.to_string())
-                .env("PMI_SIZE", spec.tasks.to_string())
-                .env("PMI_JOBID", format!("kvs_{}_{}", msg.job, msg.attempt));
+            env.extend([
+                ("PMI_FD", fd.to_string()),
+                ("PMI_RANK", rank.to_string()),
+                ("PMI_SIZE", spec.tasks.to_string()),
+                ("PMI_JOBID", format!("kvs_{}_{}", msg.job, msg.attempt)),
+            ]);
             // Open MPI 4.1 has no PMI-1 client of its own: with FLUX_JOB_ID set,
             // its pmix/flux component loads ours (docs/mpi.md). MPICH ignores both.
             // The user's --env wins, as for every variable.
             if let Some(lib) = pmi_library() {
                 let user_sets = |k: &str| spec.env.iter().any(|(name, _)| name == k);
                 if !user_sets("FLUX_JOB_ID") {
-                    cmd.env("FLUX_JOB_ID", msg.job.0.to_string());
+                    env.set("FLUX_JOB_ID", msg.job.0.to_string());
                 }
                 if !user_sets("FLUX_PMI_LIBRARY_PATH") {
-                    cmd.env("FLUX_PMI_LIBRARY_PATH", &lib);
+                    env.set("FLUX_PMI_LIBRARY_PATH", &lib);
                 }
             }
             // MPICH's client uses PMI_FD when set, else connects to PMI_PORT and identifies with PMI_ID.
             if let Some((_, port)) = &pmi_port {
-                cmd.env("PMI_PORT", port).env("PMI_ID", rank.to_string());
+                env.extend([("PMI_PORT", port.clone()), ("PMI_ID", rank.to_string())]);
             }
         }
         if let Some(vars) = &mpirun_vars {
-            cmd.envs(vars.iter().map(|(k, v)| (*k, v)));
+            env.extend(vars.iter().map(|(k, v)| (*k, v)));
         }
-        let creds = account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
+        let creds = account.as_ref().map(|a| crate::spawn::Creds { uid: a.uid, gid: a.gid, groups: a.groups.clone() });
         let affinity = placed.cpus.as_deref().map(cpu_set);
         // A cpuset cgroup for a pinned task, where the host has them (kept open until spawned).
         let cgroup = match (&facts.cpusets, &placed.cpus) {
@@ -407,37 +404,6 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
             }
             _ => None,
         };
-        let cgroup_fd = cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: only async-signal-safe calls between fork and exec. Order
-        // matters: groups and gid before uid (they need root), chdir after (the
-        // directory must be reachable as the user), and the death signal last
-        // (a credential change clears it): no task outlives a lost agent.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Pin before anything else: the task and all it starts inherit it.
-                // Join the cpuset cgroup ("0" = this process), then set the mask.
-                if let Some(fd) = cgroup_fd {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some(set) = &affinity {
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                crate::users::become_user_in_child(creds.as_ref(), &cwd_c)?;
-                // The PMI socket is the one descriptor the task inherits.
-                if let Some(fd) = pmi_fd {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let files =
             match crate::users::with_fs_identity(account.as_ref(), || open_output_files(&msg, facts, rank, &cwd)) {
                 Ok(f) => f,
@@ -446,16 +412,23 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
                     continue;
                 }
             };
-        match cmd.spawn() {
-            Ok(child) => {
-                let pgid = child.id().map(|p| p as i32);
+        match start_task(&prog, &args, env, &cwd, creds.as_ref(), cgroup.as_ref(), affinity.as_ref(), pmi_fd) {
+            Ok((child, stdout, stderr)) => {
                 if let Some(t) =
                     table.lock().expect("job table lock").get_mut(&key).and_then(|j| j.tasks.get_mut(&rank))
                 {
-                    t.pgid = pgid;
+                    t.pgid = Some(child.id());
                 }
                 let spool = Spool { dir: dir.clone(), job: msg.job, attempt: msg.attempt, rank };
-                tokio::spawn(watch_task(child, spool, msg.attempt, files, table.clone(), out.clone()));
+                tokio::spawn(watch_task(
+                    child,
+                    [stdout, stderr],
+                    spool,
+                    msg.attempt,
+                    files,
+                    table.clone(),
+                    out.clone(),
+                ));
             }
             Err(e) => fail(format!("cannot start {} on node {}: {e}", prog.display(), facts.name)),
         }
@@ -482,6 +455,136 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
 
 /// Plan this attempt's local tasks, avoiding CPUs and GPUs that other held
 /// attempts' live tasks use, and record what it takes.
+/// A task's environment under construction: later values replace earlier
+/// ones, and a variable keeps the place where it first appeared.
+struct Env {
+    vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    index: std::collections::HashMap<std::ffi::OsString, usize>,
+}
+
+impl Env {
+    /// The agent's own environment, read once.
+    fn inherited() -> Env {
+        static BASE: std::sync::OnceLock<Vec<(std::ffi::OsString, std::ffi::OsString)>> = std::sync::OnceLock::new();
+        let vars = BASE.get_or_init(|| std::env::vars_os().collect()).clone();
+        let index = vars.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        Env { vars, index }
+    }
+
+    fn set(&mut self, k: impl AsRef<std::ffi::OsStr>, v: impl AsRef<std::ffi::OsStr>) {
+        let (k, v) = (k.as_ref(), v.as_ref().to_os_string());
+        match self.index.get(k) {
+            Some(&i) => self.vars[i].1 = v,
+            None => {
+                self.index.insert(k.to_os_string(), self.vars.len());
+                self.vars.push((k.to_os_string(), v));
+            }
+        }
+    }
+
+    fn extend<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(&mut self, it: impl IntoIterator<Item = (K, V)>) {
+        for (k, v) in it {
+            self.set(k, v);
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<&std::ffi::OsStr> {
+        self.index.get(std::ffi::OsStr::new(k)).map(|&i| self.vars[i].1.as_os_str())
+    }
+
+    /// `K=V` strings for execve (a variable with a NUL byte cannot be passed and is left out).
+    fn into_envp(self) -> Vec<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt;
+        self.vars
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+                kv.extend_from_slice(k.as_bytes());
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                std::ffi::CString::new(kv).ok()
+            })
+            .collect()
+    }
+}
+
+/// Where `execvp` would find `prog` on `path`: a name with a slash is used as
+/// it is (relative to the task's directory); a bare name is looked up in each
+/// `PATH` directory for an executable file.
+fn resolve_program(prog: &Path, path: Option<&std::ffi::OsStr>) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    if prog.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(prog.to_path_buf());
+    }
+    if prog.as_os_str().is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "empty program name"));
+    }
+    let path = path.unwrap_or(std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(std::ffi::OsStr::from_bytes(dir)) };
+        let candidate = dir.join(prog);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+            return Ok(candidate);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("not found in PATH ({})", path.to_string_lossy())))
+}
+
+/// Start one task: its own process group, stdin from /dev/null, stdout and
+/// stderr on pipes (returned, for the pumps), pinned, as the account, in `cwd`,
+/// with the PMI descriptor as the one it inherits, and killed if the agent dies.
+#[allow(clippy::too_many_arguments)]
+fn start_task(
+    prog: &Path,
+    args: &[String],
+    env: Env,
+    cwd: &Path,
+    creds: Option<&crate::spawn::Creds>,
+    cgroup: Option<&std::fs::File>,
+    affinity: Option<&libc::cpu_set_t>,
+    keep_fd: Option<i32>,
+) -> std::io::Result<(crate::spawn::Child, tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Receiver)> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let nul = |e: std::ffi::NulError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let program = CString::new(resolve_program(prog, env.get("PATH"))?.as_os_str().as_bytes()).map_err(nul)?;
+    let mut argv = vec![CString::new(prog.as_os_str().as_bytes()).map_err(nul)?];
+    for a in args {
+        argv.push(CString::new(a.as_bytes()).map_err(nul)?);
+    }
+    let envp = env.into_envp();
+    let cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(nul)?;
+    let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both are fresh descriptors owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut spec = crate::spawn::SpawnSpec::new(&program, &argv, &envp);
+    spec.cwd = Some(&cwd);
+    spec.stdout = Some(out_w.as_raw_fd());
+    spec.stderr = Some(err_w.as_raw_fd());
+    spec.new_pgroup = true;
+    spec.creds = creds;
+    spec.cgroup_procs_fd = cgroup.map(|f| f.as_raw_fd());
+    spec.affinity = affinity;
+    spec.keep_fd = keep_fd;
+    // The launching thread is the agent's main thread, which lives as long as the agent.
+    spec.pdeathsig = Some(libc::SIGKILL);
+    let child = crate::spawn::spawn(&spec)?;
+    drop((out_w, err_w));
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?;
+    Ok((child, stdout, stderr))
+}
+
 fn plan_step(
     msg: &LaunchMsg,
     facts: &NodeFacts,
@@ -711,7 +814,8 @@ pub fn spooled_output(table: &JobTable) -> Vec<FromAgent> {
 }
 
 async fn watch_task(
-    mut child: tokio::process::Child,
+    child: crate::spawn::Child,
+    [stdout, stderr]: [tokio::net::unix::pipe::Receiver; 2],
     spool: Spool,
     attempt: u32,
     files: OutFiles,
@@ -720,10 +824,10 @@ async fn watch_task(
 ) {
     let (job, rank) = (spool.job, spool.rank);
     let spool = std::sync::Arc::new(spool);
-    let so = child.stdout.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stdout, files.0, out.clone())));
-    let se = child.stderr.take().map(|s| tokio::spawn(pump(s, spool.clone(), Stream::Stderr, files.1, out.clone())));
+    let so = tokio::spawn(pump(stdout, spool.clone(), Stream::Stdout, files.0, out.clone()));
+    let se = tokio::spawn(pump(stderr, spool.clone(), Stream::Stderr, files.1, out.clone()));
     let status = child.wait().await;
-    drain_pumps([so, se].into_iter().flatten()).await;
+    drain_pumps([so, se]).await;
     let status = exit_status(status, "task");
     let (pmi, grace_killed, killing) = table
         .lock()
@@ -871,6 +975,42 @@ pub(crate) fn exit_status(waited: std::io::Result<std::process::ExitStatus>, wha
 mod tests {
     use super::*;
     use launcher_proto::{JobSpec, TaskMsg};
+
+    #[test]
+    fn program_lookup_follows_the_tasks_path() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        // Not executable in a, executable in b: b's wins.
+        std::fs::write(a.join("tool"), b"").unwrap();
+        std::fs::write(b.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        assert_eq!(resolve_program(Path::new("tool"), Some(&path)).unwrap(), b.join("tool"));
+        // A name with a slash is taken as it is; a missing name says where it looked.
+        assert_eq!(resolve_program(Path::new("./x/y"), Some(&path)).unwrap(), Path::new("./x/y"));
+        let e = resolve_program(Path::new("no-such-tool-xyz"), Some(&path)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains(&*a.to_string_lossy()), "{e}");
+        // No PATH: the usual system directories.
+        assert_eq!(resolve_program(Path::new("sh"), None).unwrap().file_name().unwrap(), "sh");
+    }
+
+    #[test]
+    fn environment_later_values_win_in_place() {
+        let mut env = Env { vars: Vec::new(), index: Default::default() };
+        env.extend([("A", "1"), ("B", "2")]);
+        env.set("A", "3");
+        env.set("C", "4");
+        assert_eq!(env.get("A").unwrap(), "3");
+        let envp: Vec<String> = env.into_envp().into_iter().map(|c| c.into_string().unwrap()).collect();
+        assert_eq!(envp, ["A=3", "B=2", "C=4"]);
+        // The agent's own variables are the base.
+        let inherited = Env::inherited();
+        assert_eq!(inherited.get("PATH").map(|p| p.to_os_string()), std::env::var_os("PATH"));
+    }
 
     #[test]
     fn patterns() {
