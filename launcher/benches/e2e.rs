@@ -149,16 +149,9 @@ fn part5(rt: &tokio::runtime::Runtime, n: u32, up: i32) {
             r => panic!("{r:?}"),
         };
         let submit_ms = t.elapsed().as_secs_f64() * 1000.0;
-        loop {
-            match client.call(&Request::Show { job }).await.unwrap() {
-                Response::Job(j) if j.state.is_terminal() => {
-                    assert_eq!(j.state, launcher_proto::JobState::Succeeded, "{j:?}");
-                    break;
-                }
-                Response::Job(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                r => panic!("{r:?}"),
-            }
-        }
+        // Wait as `launcher logs -f` does: the controller says when the job has ended.
+        let info = launcher::cli::submit::follow(&client, job, None, false, true).await.unwrap();
+        assert_eq!(info.state, launcher_proto::JobState::Succeeded, "{info:?}");
         (submit_ms, t.elapsed().as_secs_f64())
     });
     let cpu = tree_cpu_s(up) - cpu0;

@@ -167,7 +167,14 @@ impl Driver {
                     durable = true;
                     continue;
                 }
-                durable |= !matches!(input, Input::Agent { .. } | Input::AgentDown { .. } | Input::Nodes { .. });
+                durable |= !matches!(
+                    input,
+                    Input::Agent { .. }
+                        | Input::AgentDown { .. }
+                        | Input::Nodes { .. }
+                        | Input::Queue { .. }
+                        | Input::Show { .. }
+                );
                 self.handle(t, input, &mut fx, &mut replies, &mut agents);
             }
             self.core.on_timeout(t, &mut fx);

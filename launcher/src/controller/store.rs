@@ -47,8 +47,8 @@ pub struct CertIdentity {
 
 /// The state database.
 ///
-/// Durability: a batch that answers a client (a submission, a cancel, an admin
-/// change, a read) commits with `synchronous=FULL`, so it is on disk before the
+/// Durability: a batch that changes something for a client (a submission, a
+/// cancel, an admin change) commits with `synchronous=FULL`, so it is on disk before the
 /// answer leaves; a batch of agent news only (task starts and ends) commits
 /// with `synchronous=NORMAL`: safe against a controller crash at once (the OS
 /// holds it), and on disk with the next durable commit or [`Store::sync`],
