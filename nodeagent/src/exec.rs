@@ -748,11 +748,17 @@ async fn pump(
     let mut spool_file: Option<std::fs::File> = None;
     let mut spool_failed = false;
     let mut offset = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small first: most tasks write little or nothing, and a 64 KiB buffer
+    // per stream per task was most of the agent's allocation work. A read
+    // that fills the buffer grows it for the rest of the stream.
+    let mut buf = vec![0u8; 4 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(64 * 1024, 0);
+                }
                 if let Some(f) = file.as_mut() {
                     if f.write_all(&buf[..n]).is_err() {
                         file = None;
