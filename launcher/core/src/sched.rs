@@ -15,7 +15,7 @@ use crate::job::{Alloc, ChildState, Job};
 use crate::Time;
 use launcher_proto::{JobId, JobSpec, NodeId, Strategy};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Nodes that take one extra task, and the others.
 type Tiers = (Vec<NodeId>, Vec<NodeId>);
@@ -457,8 +457,29 @@ impl Core {
         out
     }
 
+    /// Put a running attempt's allocations in the release index (after `start`).
+    pub(crate) fn index_releases(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let end = job.deadline().unwrap_or(NEVER);
+        for a in &job.alloc {
+            self.releases.insert((end, a.node, id), (a.cpus, a.mem_mib));
+        }
+    }
+
+    /// Take them out again (when the attempt ends, before its record changes).
+    pub(crate) fn unindex_releases(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let end = job.deadline().unwrap_or(NEVER);
+        for a in &job.alloc {
+            self.releases.remove(&(end, a.node, id));
+        }
+    }
+
     /// Where and when the blocked `unit` of entry `id` will start, given the
-    /// time limits of what runs now.
+    /// time limits of what runs now: the earliest time `nodes` nodes of one
+    /// enabled compute environment each have the CPUs and memory free, and
+    /// of the nodes free by then the ones that free up last (nodes free
+    /// earlier stay available for backfill).
     fn compute_reservation(&self, now: Time, id: JobId, unit: JobId, qname: &str) -> Option<Reservation> {
         let spec = &self.jobs[&id].spec;
         let shape = Shape::of(spec);
@@ -469,30 +490,12 @@ impl Core {
                 continue;
             }
             let Some(members) = self.ce_members.get(ce) else { continue };
-            let mut times: Vec<(u64, NodeId)> = members
-                .iter()
-                .filter_map(|nid| {
-                    let n = &self.nodes[nid];
-                    let inv = &n.rec.inventory;
-                    if !n.connected() || inv.cpus < shape.big || inv.mem_mib < shape.mem || !gres_fit_ever(n, spec) {
-                        return None;
-                    }
-                    Some((self.free_at(now, n, shape.big, shape.mem), *nid))
-                })
-                .collect();
-            if times.len() < shape.nodes as usize {
+            if members.len() < shape.nodes as usize {
                 continue;
             }
-            let k = shape.nodes as usize;
-            times.select_nth_unstable(k - 1);
-            let t = times[k - 1].0;
-            // Of the nodes free by then, reserve the ones that free up last:
-            // nodes free now stay available for backfill.
-            times.retain(|(x, _)| *x <= t);
-            times.sort_unstable_by_key(|(x, n)| (std::cmp::Reverse(*x), *n));
-            times.truncate(k);
+            let Some((t, nodes)) = self.reservation_in_ce(now, ce, members, spec, &shape) else { continue };
             if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                best = Some((t, times.into_iter().map(|(_, n)| n).collect()));
+                best = Some((t, nodes));
             }
         }
         let (time, nodes) = best?;
@@ -506,33 +509,112 @@ impl Core {
         })
     }
 
-    /// Earliest time `node` has `cpus` and `mem` free, from running jobs' deadlines.
-    fn free_at(&self, now: Time, n: &Node, cpus: u32, mem: u64) -> u64 {
-        if n.free_cpus() >= cpus && n.free_mem() >= mem {
-            return now.0;
-        }
-        let mut ends: Vec<(u64, u32, u64)> = n
-            .jobs
-            .iter()
-            .filter_map(|j| self.jobs.get(j))
-            .filter_map(|j| {
-                let a = j.alloc.iter().find(|a| a.node == n.rec.id)?;
-                Some((j.deadline().unwrap_or(NEVER), a.cpus, a.mem_mib))
+    /// The reservation within one compute environment: (time, nodes), or
+    /// None if it has too few nodes that could ever hold the job.
+    ///
+    /// A node's time is when it first has the job's CPUs and memory free,
+    /// counting its running allocations as ending at their deadlines. Walking
+    /// `releases` (every running allocation by deadline) from the earliest
+    /// gives the nodes in order of that time, so the walk stops as soon as
+    /// `nodes` of them have room and the ones that get room at that same
+    /// instant are seen: after one job ends in a full cluster, that is a few
+    /// allocations, not every member node.
+    fn reservation_in_ce(
+        &self,
+        now: Time,
+        ce: &str,
+        members: &BTreeSet<NodeId>,
+        spec: &JobSpec,
+        shape: &Shape,
+    ) -> Option<(u64, Vec<NodeId>)> {
+        let k = shape.nodes as usize;
+        let could_ever = |n: &Node| {
+            let inv = &n.rec.inventory;
+            n.connected() && inv.cpus >= shape.big && inv.mem_mib >= shape.mem && gres_fit_ever(n, spec)
+        };
+        let room_now = |n: &Node| n.free_cpus() >= shape.big && n.free_mem() >= shape.mem;
+        // Nodes with room now: their time is `now`.
+        let now_nodes: Vec<NodeId> = self
+            .ce_free
+            .get(ce)
+            .into_iter()
+            .flat_map(|idx| idx.range((shape.big, NodeId(0))..))
+            .map(|&(_, nid)| nid)
+            .filter(|nid| {
+                let n = &self.nodes[nid];
+                members.contains(nid) && room_now(n) && could_ever(n)
             })
             .collect();
-        ends.sort_unstable();
-        let (mut free, mut fmem) = (n.free_cpus(), n.free_mem());
-        for (t, c, m) in ends {
-            if t == NEVER {
-                return NEVER;
+        // (time, node) of the nodes that have room by `at`.
+        let mut reached: Vec<(u64, NodeId)> = Vec::new();
+        // Free CPUs and memory of a node as its allocations end; None once it
+        // has room (or when it is free now, or could never hold the job).
+        let mut room: HashMap<NodeId, Option<(u32, u64)>> = HashMap::new();
+        // When the k-th node has room.
+        let mut at: Option<u64> = None;
+        // Allocations past their deadline (being killed) end "before now".
+        let split = (now.0, NodeId(0), JobId(0));
+        let events = self
+            .releases
+            .range(..split)
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain(self.releases.range(split..).map(Some));
+        for ev in events {
+            let Some((&(t, nid, _), &(cpus, mem))) = ev else {
+                if at.is_some() {
+                    break;
+                }
+                reached.extend(now_nodes.iter().map(|&nid| (now.0, nid)));
+                if reached.len() >= k {
+                    at = Some(now.0);
+                }
+                continue;
+            };
+            if t == NEVER || at.is_some_and(|a| t > a) {
+                break;
             }
-            free += c;
-            fmem += m;
-            if free >= cpus && fmem >= mem {
-                return t;
+            let slot = room.entry(nid).or_insert_with(|| {
+                let n = &self.nodes[&nid];
+                (members.contains(&nid) && could_ever(n) && !room_now(n)).then(|| (n.free_cpus(), n.free_mem()))
+            });
+            let Some((c, m)) = slot else { continue };
+            *c += cpus;
+            *m += mem;
+            if *c >= shape.big && *m >= shape.mem {
+                *slot = None;
+                reached.push((t, nid));
+                if reached.len() >= k && at.is_none() {
+                    at = Some(t);
+                }
             }
         }
-        NEVER
+        let time = match at {
+            Some(t) => t,
+            None => {
+                // Fewer than k nodes ever get room from jobs with a time
+                // limit: the others that could hold the job wait on jobs
+                // without one ("never"), if there are enough of them.
+                let mut never: Vec<NodeId> = members
+                    .iter()
+                    .filter(|nid| {
+                        let n = &self.nodes[nid];
+                        could_ever(n) && !room_now(n) && !room.get(nid).is_some_and(Option::is_none)
+                    })
+                    .copied()
+                    .collect();
+                if reached.len() + never.len() < k {
+                    return None;
+                }
+                never.truncate(k);
+                reached.extend(never.into_iter().map(|nid| (NEVER, nid)));
+                NEVER
+            }
+        };
+        // Of the nodes with room by then, the ones that get it last.
+        reached.sort_unstable_by_key(|&(x, nid)| (Reverse(x), nid));
+        reached.truncate(k);
+        Some((time, reached.into_iter().map(|(_, nid)| nid).collect()))
     }
 
     /// Why no node of the job's queue could ever hold it (one compute
@@ -887,3 +969,7 @@ fn pick_tiers(cands: impl Iterator<Item = (u32, NodeId)>, shape: &Shape) -> Opti
     }
     None
 }
+
+#[cfg(test)]
+#[path = "sched_tests.rs"]
+mod tests;
