@@ -5,6 +5,10 @@
 //! A pass is cheap at 10,000 nodes and 100,000 waiting jobs because:
 //! - nodes are indexed per compute environment by free CPUs, so a fit is a
 //!   range walk, not a scan;
+//! - running allocations are indexed by deadline (`Core::releases`), so the
+//!   reservation reads the earliest-ending ones until enough nodes have room;
+//! - the queue is read as the pass goes, so a pass costs the entries it
+//!   looks at (at most `max_backfill_scan` once a reservation is held);
 //! - a job shape that failed to fit makes every job at least as large in the
 //!   same queue fail at once (within a pass free resources only shrink);
 //! - when nothing was freed since the last pass, only new entries are
@@ -16,9 +20,14 @@ use crate::Time;
 use launcher_proto::{JobId, JobSpec, NodeId, Strategy};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 /// Nodes that take one extra task, and the others.
 type Tiers = (Vec<NodeId>, Vec<NodeId>);
+
+/// A waiting entry's place in its share's set: (higher scheduling priority
+/// first, then submit order).
+type EntryKey = (Reverse<u32>, JobId);
 
 /// "Never" for reservation times.
 pub const NEVER: u64 = u64::MAX;
@@ -168,42 +177,79 @@ impl Core {
                 }
                 continue;
             }
-            let entries: Vec<JobId> = if pass.full {
+            if pass.full {
                 // At most what the scan may look at, plus what can start before it.
                 let limit = self.cfg.max_backfill_scan.saturating_add(self.free_cpus_total as usize).saturating_add(1);
-                q.waiting.values().flat_map(|s| s.iter().map(|(_, id)| *id)).take(limit).collect()
-            } else {
-                let mut v: Vec<(Reverse<u32>, JobId)> = fresh
-                    .iter()
-                    .filter(|id| self.jobs.get(id).is_some_and(|j| j.spec.queue == qname))
-                    .map(|id| (Reverse(self.jobs[id].spec.scheduling_priority), *id))
-                    .collect();
-                v.sort();
-                v.into_iter().map(|(_, id)| id).collect()
-            };
-            for id in entries {
-                loop {
-                    match self.try_entry(now, fx, &qname, id, &mut pass) {
-                        (Outcome::Full, _) => break 'queues,
-                        (Outcome::Started, true) => continue,
-                        _ => break,
-                    }
+                if !self.scan_queue(now, fx, &qname, limit, &mut pass) {
+                    break 'queues;
+                }
+                continue;
+            }
+            let mut entries: Vec<EntryKey> = fresh
+                .iter()
+                .filter(|id| self.jobs.get(id).is_some_and(|j| j.spec.queue == qname))
+                .map(|id| (Reverse(self.jobs[id].spec.scheduling_priority), *id))
+                .collect();
+            entries.sort();
+            for (_, id) in entries {
+                if !self.try_all_units(now, fx, &qname, id, &mut pass) {
+                    break 'queues;
                 }
             }
         }
         pass.started
     }
 
+    /// A full pass over a FIFO queue: its waiting entries in order, at most
+    /// `limit` of them. Read from the queue a chunk at a time (as the pass
+    /// goes) rather than copied whole first: a pass that stops after a few
+    /// entries costs a few entries. Returns false when the cluster is full.
+    fn scan_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, limit: usize, pass: &mut Pass) -> bool {
+        let shares: Vec<String> = self.queues[qname].waiting.keys().cloned().collect();
+        let mut left = limit;
+        for share in shares {
+            let mut after = Bound::Unbounded;
+            let mut chunk_len = 32;
+            while left > 0 {
+                let Some(set) = self.queues[qname].waiting.get(&share) else { break };
+                let chunk: Vec<EntryKey> =
+                    set.range((after, Bound::Unbounded)).take(chunk_len.min(left)).copied().collect();
+                let Some(&last) = chunk.last() else { break };
+                after = Bound::Excluded(last);
+                left -= chunk.len();
+                chunk_len = (chunk_len * 2).min(1024);
+                for (_, id) in chunk {
+                    if !self.try_all_units(now, fx, qname, id, pass) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Try an entry until it blocks (an array may start several children).
+    /// Returns false when the cluster is full.
+    fn try_all_units(&mut self, now: Time, fx: &mut impl Effects, qname: &str, id: JobId, pass: &mut Pass) -> bool {
+        loop {
+            match self.try_entry(now, fx, qname, id, pass) {
+                (Outcome::Full, _) => return false,
+                (Outcome::Started, true) => continue,
+                _ => return true,
+            }
+        }
+    }
+
     /// A fair-share queue: repeatedly the share with the lowest usage × weight
     /// gets its next job. Returns false when the cluster is full.
     fn fair_share_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, pass: &mut Pass) -> bool {
-        let q = &self.queues[qname];
-        let mut lists: Vec<(String, Vec<JobId>, usize)> =
-            q.waiting.iter().map(|(share, set)| (share.clone(), set.iter().map(|(_, id)| *id).collect(), 0)).collect();
+        // Each share's next entry, read from the queue as the pass goes.
+        let mut heads: Vec<(String, Option<EntryKey>)> =
+            self.queues[qname].waiting.iter().map(|(share, set)| (share.clone(), set.first().copied())).collect();
         loop {
             let mut best: Option<(f64, usize)> = None;
-            for (i, (share, list, at)) in lists.iter().enumerate() {
-                if *at >= list.len() {
+            for (i, (share, head)) in heads.iter().enumerate() {
+                if head.is_none() {
                     continue;
                 }
                 let m = self.share_metric(now, qname, share);
@@ -212,11 +258,17 @@ impl Core {
                 }
             }
             let Some((_, i)) = best else { return true };
-            let id = lists[i].1[lists[i].2];
-            match self.try_entry(now, fx, qname, id, pass) {
+            let key = heads[i].1.expect("chosen share has a next entry");
+            match self.try_entry(now, fx, qname, key.1, pass) {
                 (Outcome::Full, _) => return false,
                 (Outcome::Started, true) => {} // same entry again: the array has more children
-                _ => lists[i].2 += 1,
+                _ => {
+                    let next = self.queues[qname]
+                        .waiting
+                        .get(&heads[i].0)
+                        .and_then(|set| set.range((Bound::Excluded(key), Bound::Unbounded)).next().copied());
+                    heads[i].1 = next;
+                }
             }
         }
     }
