@@ -95,15 +95,17 @@ struct Shape {
 }
 
 impl Shape {
+    /// From the block distribution of [`tasks_per_node`], without building it
+    /// (this runs for every entry a pass looks at): the first `tasks % nodes`
+    /// nodes take one task more.
     fn of(spec: &JobSpec) -> Shape {
-        let per = tasks_per_node(spec.tasks, spec.nodes);
-        let big = per[0];
-        let small = *per.last().expect("nodes >= 1");
+        let (base, rem) = (spec.tasks / spec.nodes, spec.tasks % spec.nodes);
+        let big = base + u32::from(rem > 0);
         Shape {
             nodes: spec.nodes,
             big: big.saturating_mul(spec.cpus_per_task),
-            small: small.saturating_mul(spec.cpus_per_task),
-            extra: per.iter().filter(|&&t| t == big).count() as u32,
+            small: base.saturating_mul(spec.cpus_per_task),
+            extra: if rem > 0 { rem } else { spec.nodes },
             mem: spec.mem_mib,
         }
     }
@@ -125,9 +127,9 @@ struct Pass {
     started: usize,
     /// Entries looked at since the first one that could not start.
     scanned_blocked: usize,
-    /// (queue, shape, whether reserved nodes were allowed, whether it would
-    /// have fit on reserved nodes) that did not fit.
-    failed: Vec<(String, Shape, bool, bool)>,
+    /// (shape, whether reserved nodes were allowed, whether it would have
+    /// fit on reserved nodes) that did not fit, in the queue being scanned.
+    failed: Vec<(Shape, bool, bool)>,
 }
 
 impl Core {
@@ -170,6 +172,8 @@ impl Core {
             .collect();
         order.sort();
         'queues: for (_, qname) in order {
+            // Failed shapes speak for one queue (its compute environments).
+            pass.failed.clear();
             let q = &self.queues[&qname];
             if q.def.policy.is_some() && pass.full {
                 if !self.fair_share_queue(now, fx, &qname, &mut pass) {
@@ -343,11 +347,8 @@ impl Core {
             None => true,
             Some(r) => r.time != NEVER && limit_us.is_some_and(|l| now.0.saturating_add(l) <= r.time),
         };
-        let dominated = pass
-            .failed
-            .iter()
-            .find(|(q, s, allowed, _)| q == qname && s.covers(&shape) && (*allowed || !may_use_reserved));
-        if let Some((_, s, _, fits_unreserved)) = dominated {
+        let dominated = pass.failed.iter().find(|(s, allowed, _)| s.covers(&shape) && (*allowed || !may_use_reserved));
+        if let Some((s, _, fits_unreserved)) = dominated {
             if *fits_unreserved && *s == shape {
                 self.backfill_blocked.insert(id);
             }
@@ -363,7 +364,7 @@ impl Core {
             return (Outcome::Started, more);
         }
         if let Some(why) = self.never_fits(&self.jobs[&id]) {
-            pass.failed.push((qname.to_string(), shape, may_use_reserved, false));
+            pass.failed.push((shape, may_use_reserved, false));
             self.unqueue(id);
             self.ineligible.insert(id, why);
             return (Outcome::Blocked, false);
@@ -375,7 +376,7 @@ impl Core {
             fits_unreserved = true;
             self.backfill_blocked.insert(id);
         }
-        pass.failed.push((qname.to_string(), shape, may_use_reserved, fits_unreserved));
+        pass.failed.push((shape, may_use_reserved, fits_unreserved));
         (Outcome::Blocked, false)
     }
 

@@ -1,6 +1,7 @@
 //! The backfill reservation computed from the release index equals the one
 //! computed by walking every member node (the reference below, the way the
-//! scheduler did it before the index), over random event sequences.
+//! scheduler did it before the index), over random event sequences; and the
+//! pass's arithmetic job shape matches the block distribution.
 
 use super::*;
 use crate::{Config, Record, SubmitOutcome};
@@ -266,6 +267,28 @@ proptest! {
             }
             core.sanity_check();
             check_all(&core, now);
+        }
+    }
+}
+
+/// `Shape::of` (arithmetic) agrees with the block distribution it summarises.
+#[test]
+fn shape_matches_the_block_distribution() {
+    for nodes in 1..12u32 {
+        for tasks in 1..60 {
+            for cpt in 1..4 {
+                let spec = JobSpec { nodes, tasks, cpus_per_task: cpt, mem_mib: 7, ..Default::default() };
+                let per = crate::core::tasks_per_node(tasks, nodes);
+                let big = per[0];
+                let want = Shape {
+                    nodes,
+                    big: big * cpt,
+                    small: per[per.len() - 1] * cpt,
+                    extra: per.iter().filter(|&&t| t == big).count() as u32,
+                    mem: 7,
+                };
+                assert_eq!(Shape::of(&spec), want, "{tasks} tasks on {nodes} nodes, {cpt} CPUs each");
+            }
         }
     }
 }
