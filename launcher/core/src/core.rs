@@ -222,7 +222,9 @@ pub struct Core {
     /// The backfill reservation from the last full pass.
     pub(crate) reservation: Option<Reservation>,
     /// Jobs that would fit now but would delay the reservation (last pass).
-    pub(crate) backfill_blocked: BTreeSet<JobId>,
+    /// Only asked "contains?" (for `launcher show`): a hash set, as a scan
+    /// that holds a reservation may add thousands per pass.
+    pub(crate) backfill_blocked: std::collections::HashSet<JobId>,
     /// Something changed that can let any waiting job start: the next pass
     /// looks at the whole queue. Otherwise it looks only at `fresh` entries.
     pub(crate) dirty: bool,
@@ -285,7 +287,7 @@ impl Core {
             fences: BTreeMap::new(),
             finalize: BTreeMap::new(),
             reservation: None,
-            backfill_blocked: BTreeSet::new(),
+            backfill_blocked: Default::default(),
             dirty: true,
             fresh: BTreeSet::new(),
             free_cpus_total: 0,
