@@ -130,6 +130,9 @@ struct Pass {
     /// (shape, whether reserved nodes were allowed, whether it would have
     /// fit on reserved nodes) that did not fit, in the queue being scanned.
     failed: Vec<(Shape, bool, bool)>,
+    /// CPUs of the connected nodes of the queue being scanned, once a
+    /// fair-share check needed them (nodes do not change within a pass).
+    capacity: Option<u64>,
 }
 
 impl Core {
@@ -157,7 +160,7 @@ impl Core {
                 }
             }
         }
-        let mut pass = Pass { full: self.dirty, started: 0, scanned_blocked: 0, failed: Vec::new() };
+        let mut pass = Pass { full: self.dirty, started: 0, scanned_blocked: 0, failed: Vec::new(), capacity: None };
         self.dirty = false;
         let fresh = std::mem::take(&mut self.fresh);
         if pass.full {
@@ -172,8 +175,9 @@ impl Core {
             .collect();
         order.sort();
         'queues: for (_, qname) in order {
-            // Failed shapes speak for one queue (its compute environments).
+            // Failed shapes and capacity speak for one queue (its compute environments).
             pass.failed.clear();
+            pass.capacity = None;
             let q = &self.queues[&qname];
             if q.def.policy.is_some() && pass.full {
                 if !self.fair_share_queue(now, fx, &qname, &mut pass) {
@@ -354,7 +358,7 @@ impl Core {
             }
             return (Outcome::Blocked, false);
         }
-        if !self.fair_share_room(qname, &shape) {
+        if !self.fair_share_room(qname, &shape, &mut pass.capacity) {
             return (Outcome::Blocked, false);
         }
         let exclude = if may_use_reserved { None } else { self.reservation.as_ref().map(|r| &r.nodes) };
@@ -381,8 +385,9 @@ impl Core {
     }
 
     /// Fair share's `computeReservation`: active shares together may use at
-    /// most (1 - (r/100)^active) of the queue's CPUs.
-    fn fair_share_room(&self, qname: &str, shape: &Shape) -> bool {
+    /// most (1 - (r/100)^active) of the queue's CPUs. `capacity` caches those
+    /// CPUs (a walk of the queue's nodes) for the rest of a pass.
+    fn fair_share_room(&self, qname: &str, shape: &Shape, capacity: &mut Option<u64>) -> bool {
         let q = &self.queues[qname];
         let Some(p) = q.def.policy.as_ref().and_then(|p| self.policies.get(p)) else { return true };
         if p.compute_reservation == 0 {
@@ -394,7 +399,7 @@ impl Core {
             .filter(|(s, u)| u.running_cpus > 0 || q.waiting.contains_key(*s))
             .count()
             .max(q.waiting.len()) as i32;
-        let cap = self.queue_capacity(qname) as f64;
+        let cap = *capacity.get_or_insert_with(|| self.queue_capacity(qname)) as f64;
         let limit = cap * (1.0 - (f64::from(p.compute_reservation) / 100.0).powi(active.max(1)));
         let need = u64::from(shape.big) * u64::from(shape.nodes);
         (q.running_cpus + need) as f64 <= limit.max(0.0) || q.running_cpus == 0 && need as f64 > limit
@@ -921,7 +926,7 @@ impl Core {
                     )),
                 );
             }
-            if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec)) {
+            if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec), &mut None) {
                 return (
                     Some("FairShare".into()),
                     Some(
