@@ -207,6 +207,10 @@ pub struct Core {
     pub(crate) corr_waiters: BTreeMap<JobId, BTreeSet<JobId>>,
     /// (deadline µs, job) of running attempts with a time limit.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
+    /// Every node allocation of a running attempt by (deadline µs or
+    /// [`NEVER`](crate::NEVER), node, job) → (CPUs, MiB): the order in which
+    /// nodes free up at the latest, which the backfill reservation walks.
+    pub(crate) releases: BTreeMap<(u64, NodeId, JobId), (u32, u64)>,
     /// (since, node) of unreachable nodes.
     pub(crate) unreachable: BTreeSet<(Time, NodeId)>,
     /// PMI fences in progress, by (job, attempt, seq). Not persisted: agents
@@ -218,7 +222,9 @@ pub struct Core {
     /// The backfill reservation from the last full pass.
     pub(crate) reservation: Option<Reservation>,
     /// Jobs that would fit now but would delay the reservation (last pass).
-    pub(crate) backfill_blocked: BTreeSet<JobId>,
+    /// Only asked "contains?" (for `launcher show`): a hash set, as a scan
+    /// that holds a reservation may add thousands per pass.
+    pub(crate) backfill_blocked: std::collections::HashSet<JobId>,
     /// Something changed that can let any waiting job start: the next pass
     /// looks at the whole queue. Otherwise it looks only at `fresh` entries.
     pub(crate) dirty: bool,
@@ -276,11 +282,12 @@ impl Core {
             waiters: BTreeMap::new(),
             corr_waiters: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            releases: BTreeMap::new(),
             unreachable: BTreeSet::new(),
             fences: BTreeMap::new(),
             finalize: BTreeMap::new(),
             reservation: None,
-            backfill_blocked: BTreeSet::new(),
+            backfill_blocked: Default::default(),
             dirty: true,
             fresh: BTreeSet::new(),
             free_cpus_total: 0,
@@ -419,6 +426,7 @@ impl Core {
                 if let Some(d) = deadline {
                     self.deadlines.insert((d, id));
                 }
+                self.index_releases(id);
             }
             JobState::Succeeded | JobState::Failed | JobState::Cancelled => {}
         }
@@ -954,6 +962,7 @@ impl Core {
         fx.persist(Record::job(job));
         fx.job_changed(id);
         let nodes: Vec<NodeId> = job.alloc.iter().map(|a| a.node).collect();
+        self.index_releases(id);
         for node in nodes {
             let msg = self.launch_msg(id, node);
             fx.send(node, ToAgent::Launch(Box::new(msg)));
@@ -1146,6 +1155,7 @@ impl Core {
         }
         self.finalize.remove(&id);
         // Release the nodes.
+        self.unindex_releases(id);
         let job = &self.jobs[&id];
         let allocs = job.alloc.clone();
         let attempt = job.attempt;
@@ -1659,6 +1669,14 @@ impl Core {
             }
         }
         assert_eq!(free_total, self.free_cpus_total, "free CPU total");
+        let mut releases = BTreeMap::new();
+        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Starting | JobState::Running)) {
+            let end = job.deadline().unwrap_or(crate::NEVER);
+            for a in &job.alloc {
+                releases.insert((end, a.node, job.id), (a.cpus, a.mem_mib));
+            }
+        }
+        assert!(releases == self.releases, "release index differs from the running allocations");
         for (ce, set) in &self.ce_free {
             for (free, id) in set {
                 let n = &self.nodes[id];

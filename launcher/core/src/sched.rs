@@ -5,6 +5,10 @@
 //! A pass is cheap at 10,000 nodes and 100,000 waiting jobs because:
 //! - nodes are indexed per compute environment by free CPUs, so a fit is a
 //!   range walk, not a scan;
+//! - running allocations are indexed by deadline (`Core::releases`), so the
+//!   reservation reads the earliest-ending ones until enough nodes have room;
+//! - the queue is read as the pass goes, so a pass costs the entries it
+//!   looks at (at most `max_backfill_scan` once a reservation is held);
 //! - a job shape that failed to fit makes every job at least as large in the
 //!   same queue fail at once (within a pass free resources only shrink);
 //! - when nothing was freed since the last pass, only new entries are
@@ -15,10 +19,15 @@ use crate::job::{Alloc, ChildState, Job};
 use crate::Time;
 use launcher_proto::{JobId, JobSpec, NodeId, Strategy};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 /// Nodes that take one extra task, and the others.
 type Tiers = (Vec<NodeId>, Vec<NodeId>);
+
+/// A waiting entry's place in its share's set: (higher scheduling priority
+/// first, then submit order).
+type EntryKey = (Reverse<u32>, JobId);
 
 /// "Never" for reservation times.
 pub const NEVER: u64 = u64::MAX;
@@ -86,15 +95,17 @@ struct Shape {
 }
 
 impl Shape {
+    /// From the block distribution of [`tasks_per_node`], without building it
+    /// (this runs for every entry a pass looks at): the first `tasks % nodes`
+    /// nodes take one task more.
     fn of(spec: &JobSpec) -> Shape {
-        let per = tasks_per_node(spec.tasks, spec.nodes);
-        let big = per[0];
-        let small = *per.last().expect("nodes >= 1");
+        let (base, rem) = (spec.tasks / spec.nodes, spec.tasks % spec.nodes);
+        let big = base + u32::from(rem > 0);
         Shape {
             nodes: spec.nodes,
             big: big.saturating_mul(spec.cpus_per_task),
-            small: small.saturating_mul(spec.cpus_per_task),
-            extra: per.iter().filter(|&&t| t == big).count() as u32,
+            small: base.saturating_mul(spec.cpus_per_task),
+            extra: if rem > 0 { rem } else { spec.nodes },
             mem: spec.mem_mib,
         }
     }
@@ -116,9 +127,12 @@ struct Pass {
     started: usize,
     /// Entries looked at since the first one that could not start.
     scanned_blocked: usize,
-    /// (queue, shape, whether reserved nodes were allowed, whether it would
-    /// have fit on reserved nodes) that did not fit.
-    failed: Vec<(String, Shape, bool, bool)>,
+    /// (shape, whether reserved nodes were allowed, whether it would have
+    /// fit on reserved nodes) that did not fit, in the queue being scanned.
+    failed: Vec<(Shape, bool, bool)>,
+    /// CPUs of the connected nodes of the queue being scanned, once a
+    /// fair-share check needed them (nodes do not change within a pass).
+    capacity: Option<u64>,
 }
 
 impl Core {
@@ -146,7 +160,7 @@ impl Core {
                 }
             }
         }
-        let mut pass = Pass { full: self.dirty, started: 0, scanned_blocked: 0, failed: Vec::new() };
+        let mut pass = Pass { full: self.dirty, started: 0, scanned_blocked: 0, failed: Vec::new(), capacity: None };
         self.dirty = false;
         let fresh = std::mem::take(&mut self.fresh);
         if pass.full {
@@ -161,6 +175,9 @@ impl Core {
             .collect();
         order.sort();
         'queues: for (_, qname) in order {
+            // Failed shapes and capacity speak for one queue (its compute environments).
+            pass.failed.clear();
+            pass.capacity = None;
             let q = &self.queues[&qname];
             if q.def.policy.is_some() && pass.full {
                 if !self.fair_share_queue(now, fx, &qname, &mut pass) {
@@ -168,42 +185,79 @@ impl Core {
                 }
                 continue;
             }
-            let entries: Vec<JobId> = if pass.full {
+            if pass.full {
                 // At most what the scan may look at, plus what can start before it.
                 let limit = self.cfg.max_backfill_scan.saturating_add(self.free_cpus_total as usize).saturating_add(1);
-                q.waiting.values().flat_map(|s| s.iter().map(|(_, id)| *id)).take(limit).collect()
-            } else {
-                let mut v: Vec<(Reverse<u32>, JobId)> = fresh
-                    .iter()
-                    .filter(|id| self.jobs.get(id).is_some_and(|j| j.spec.queue == qname))
-                    .map(|id| (Reverse(self.jobs[id].spec.scheduling_priority), *id))
-                    .collect();
-                v.sort();
-                v.into_iter().map(|(_, id)| id).collect()
-            };
-            for id in entries {
-                loop {
-                    match self.try_entry(now, fx, &qname, id, &mut pass) {
-                        (Outcome::Full, _) => break 'queues,
-                        (Outcome::Started, true) => continue,
-                        _ => break,
-                    }
+                if !self.scan_queue(now, fx, &qname, limit, &mut pass) {
+                    break 'queues;
+                }
+                continue;
+            }
+            let mut entries: Vec<EntryKey> = fresh
+                .iter()
+                .filter(|id| self.jobs.get(id).is_some_and(|j| j.spec.queue == qname))
+                .map(|id| (Reverse(self.jobs[id].spec.scheduling_priority), *id))
+                .collect();
+            entries.sort();
+            for (_, id) in entries {
+                if !self.try_all_units(now, fx, &qname, id, &mut pass) {
+                    break 'queues;
                 }
             }
         }
         pass.started
     }
 
+    /// A full pass over a FIFO queue: its waiting entries in order, at most
+    /// `limit` of them. Read from the queue a chunk at a time (as the pass
+    /// goes) rather than copied whole first: a pass that stops after a few
+    /// entries costs a few entries. Returns false when the cluster is full.
+    fn scan_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, limit: usize, pass: &mut Pass) -> bool {
+        let shares: Vec<String> = self.queues[qname].waiting.keys().cloned().collect();
+        let mut left = limit;
+        for share in shares {
+            let mut after = Bound::Unbounded;
+            let mut chunk_len = 32;
+            while left > 0 {
+                let Some(set) = self.queues[qname].waiting.get(&share) else { break };
+                let chunk: Vec<EntryKey> =
+                    set.range((after, Bound::Unbounded)).take(chunk_len.min(left)).copied().collect();
+                let Some(&last) = chunk.last() else { break };
+                after = Bound::Excluded(last);
+                left -= chunk.len();
+                chunk_len = (chunk_len * 2).min(1024);
+                for (_, id) in chunk {
+                    if !self.try_all_units(now, fx, qname, id, pass) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Try an entry until it blocks (an array may start several children).
+    /// Returns false when the cluster is full.
+    fn try_all_units(&mut self, now: Time, fx: &mut impl Effects, qname: &str, id: JobId, pass: &mut Pass) -> bool {
+        loop {
+            match self.try_entry(now, fx, qname, id, pass) {
+                (Outcome::Full, _) => return false,
+                (Outcome::Started, true) => continue,
+                _ => return true,
+            }
+        }
+    }
+
     /// A fair-share queue: repeatedly the share with the lowest usage × weight
     /// gets its next job. Returns false when the cluster is full.
     fn fair_share_queue(&mut self, now: Time, fx: &mut impl Effects, qname: &str, pass: &mut Pass) -> bool {
-        let q = &self.queues[qname];
-        let mut lists: Vec<(String, Vec<JobId>, usize)> =
-            q.waiting.iter().map(|(share, set)| (share.clone(), set.iter().map(|(_, id)| *id).collect(), 0)).collect();
+        // Each share's next entry, read from the queue as the pass goes.
+        let mut heads: Vec<(String, Option<EntryKey>)> =
+            self.queues[qname].waiting.iter().map(|(share, set)| (share.clone(), set.first().copied())).collect();
         loop {
             let mut best: Option<(f64, usize)> = None;
-            for (i, (share, list, at)) in lists.iter().enumerate() {
-                if *at >= list.len() {
+            for (i, (share, head)) in heads.iter().enumerate() {
+                if head.is_none() {
                     continue;
                 }
                 let m = self.share_metric(now, qname, share);
@@ -212,11 +266,17 @@ impl Core {
                 }
             }
             let Some((_, i)) = best else { return true };
-            let id = lists[i].1[lists[i].2];
-            match self.try_entry(now, fx, qname, id, pass) {
+            let key = heads[i].1.expect("chosen share has a next entry");
+            match self.try_entry(now, fx, qname, key.1, pass) {
                 (Outcome::Full, _) => return false,
                 (Outcome::Started, true) => {} // same entry again: the array has more children
-                _ => lists[i].2 += 1,
+                _ => {
+                    let next = self.queues[qname]
+                        .waiting
+                        .get(&heads[i].0)
+                        .and_then(|set| set.range((Bound::Excluded(key), Bound::Unbounded)).next().copied());
+                    heads[i].1 = next;
+                }
             }
         }
     }
@@ -291,17 +351,14 @@ impl Core {
             None => true,
             Some(r) => r.time != NEVER && limit_us.is_some_and(|l| now.0.saturating_add(l) <= r.time),
         };
-        let dominated = pass
-            .failed
-            .iter()
-            .find(|(q, s, allowed, _)| q == qname && s.covers(&shape) && (*allowed || !may_use_reserved));
-        if let Some((_, s, _, fits_unreserved)) = dominated {
+        let dominated = pass.failed.iter().find(|(s, allowed, _)| s.covers(&shape) && (*allowed || !may_use_reserved));
+        if let Some((s, _, fits_unreserved)) = dominated {
             if *fits_unreserved && *s == shape {
                 self.backfill_blocked.insert(id);
             }
             return (Outcome::Blocked, false);
         }
-        if !self.fair_share_room(qname, &shape) {
+        if !self.fair_share_room(qname, &shape, &mut pass.capacity) {
             return (Outcome::Blocked, false);
         }
         let exclude = if may_use_reserved { None } else { self.reservation.as_ref().map(|r| &r.nodes) };
@@ -311,7 +368,7 @@ impl Core {
             return (Outcome::Started, more);
         }
         if let Some(why) = self.never_fits(&self.jobs[&id]) {
-            pass.failed.push((qname.to_string(), shape, may_use_reserved, false));
+            pass.failed.push((shape, may_use_reserved, false));
             self.unqueue(id);
             self.ineligible.insert(id, why);
             return (Outcome::Blocked, false);
@@ -323,13 +380,14 @@ impl Core {
             fits_unreserved = true;
             self.backfill_blocked.insert(id);
         }
-        pass.failed.push((qname.to_string(), shape, may_use_reserved, fits_unreserved));
+        pass.failed.push((shape, may_use_reserved, fits_unreserved));
         (Outcome::Blocked, false)
     }
 
     /// Fair share's `computeReservation`: active shares together may use at
-    /// most (1 - (r/100)^active) of the queue's CPUs.
-    fn fair_share_room(&self, qname: &str, shape: &Shape) -> bool {
+    /// most (1 - (r/100)^active) of the queue's CPUs. `capacity` caches those
+    /// CPUs (a walk of the queue's nodes) for the rest of a pass.
+    fn fair_share_room(&self, qname: &str, shape: &Shape, capacity: &mut Option<u64>) -> bool {
         let q = &self.queues[qname];
         let Some(p) = q.def.policy.as_ref().and_then(|p| self.policies.get(p)) else { return true };
         if p.compute_reservation == 0 {
@@ -341,7 +399,7 @@ impl Core {
             .filter(|(s, u)| u.running_cpus > 0 || q.waiting.contains_key(*s))
             .count()
             .max(q.waiting.len()) as i32;
-        let cap = self.queue_capacity(qname) as f64;
+        let cap = *capacity.get_or_insert_with(|| self.queue_capacity(qname)) as f64;
         let limit = cap * (1.0 - (f64::from(p.compute_reservation) / 100.0).powi(active.max(1)));
         let need = u64::from(shape.big) * u64::from(shape.nodes);
         (q.running_cpus + need) as f64 <= limit.max(0.0) || q.running_cpus == 0 && need as f64 > limit
@@ -457,8 +515,29 @@ impl Core {
         out
     }
 
+    /// Put a running attempt's allocations in the release index (after `start`).
+    pub(crate) fn index_releases(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let end = job.deadline().unwrap_or(NEVER);
+        for a in &job.alloc {
+            self.releases.insert((end, a.node, id), (a.cpus, a.mem_mib));
+        }
+    }
+
+    /// Take them out again (when the attempt ends, before its record changes).
+    pub(crate) fn unindex_releases(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let end = job.deadline().unwrap_or(NEVER);
+        for a in &job.alloc {
+            self.releases.remove(&(end, a.node, id));
+        }
+    }
+
     /// Where and when the blocked `unit` of entry `id` will start, given the
-    /// time limits of what runs now.
+    /// time limits of what runs now: the earliest time `nodes` nodes of one
+    /// enabled compute environment each have the CPUs and memory free, and
+    /// of the nodes free by then the ones that free up last (nodes free
+    /// earlier stay available for backfill).
     fn compute_reservation(&self, now: Time, id: JobId, unit: JobId, qname: &str) -> Option<Reservation> {
         let spec = &self.jobs[&id].spec;
         let shape = Shape::of(spec);
@@ -469,30 +548,12 @@ impl Core {
                 continue;
             }
             let Some(members) = self.ce_members.get(ce) else { continue };
-            let mut times: Vec<(u64, NodeId)> = members
-                .iter()
-                .filter_map(|nid| {
-                    let n = &self.nodes[nid];
-                    let inv = &n.rec.inventory;
-                    if !n.connected() || inv.cpus < shape.big || inv.mem_mib < shape.mem || !gres_fit_ever(n, spec) {
-                        return None;
-                    }
-                    Some((self.free_at(now, n, shape.big, shape.mem), *nid))
-                })
-                .collect();
-            if times.len() < shape.nodes as usize {
+            if members.len() < shape.nodes as usize {
                 continue;
             }
-            let k = shape.nodes as usize;
-            times.select_nth_unstable(k - 1);
-            let t = times[k - 1].0;
-            // Of the nodes free by then, reserve the ones that free up last:
-            // nodes free now stay available for backfill.
-            times.retain(|(x, _)| *x <= t);
-            times.sort_unstable_by_key(|(x, n)| (std::cmp::Reverse(*x), *n));
-            times.truncate(k);
+            let Some((t, nodes)) = self.reservation_in_ce(now, ce, members, spec, &shape) else { continue };
             if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                best = Some((t, times.into_iter().map(|(_, n)| n).collect()));
+                best = Some((t, nodes));
             }
         }
         let (time, nodes) = best?;
@@ -506,33 +567,112 @@ impl Core {
         })
     }
 
-    /// Earliest time `node` has `cpus` and `mem` free, from running jobs' deadlines.
-    fn free_at(&self, now: Time, n: &Node, cpus: u32, mem: u64) -> u64 {
-        if n.free_cpus() >= cpus && n.free_mem() >= mem {
-            return now.0;
-        }
-        let mut ends: Vec<(u64, u32, u64)> = n
-            .jobs
-            .iter()
-            .filter_map(|j| self.jobs.get(j))
-            .filter_map(|j| {
-                let a = j.alloc.iter().find(|a| a.node == n.rec.id)?;
-                Some((j.deadline().unwrap_or(NEVER), a.cpus, a.mem_mib))
+    /// The reservation within one compute environment: (time, nodes), or
+    /// None if it has too few nodes that could ever hold the job.
+    ///
+    /// A node's time is when it first has the job's CPUs and memory free,
+    /// counting its running allocations as ending at their deadlines. Walking
+    /// `releases` (every running allocation by deadline) from the earliest
+    /// gives the nodes in order of that time, so the walk stops as soon as
+    /// `nodes` of them have room and the ones that get room at that same
+    /// instant are seen: after one job ends in a full cluster, that is a few
+    /// allocations, not every member node.
+    fn reservation_in_ce(
+        &self,
+        now: Time,
+        ce: &str,
+        members: &BTreeSet<NodeId>,
+        spec: &JobSpec,
+        shape: &Shape,
+    ) -> Option<(u64, Vec<NodeId>)> {
+        let k = shape.nodes as usize;
+        let could_ever = |n: &Node| {
+            let inv = &n.rec.inventory;
+            n.connected() && inv.cpus >= shape.big && inv.mem_mib >= shape.mem && gres_fit_ever(n, spec)
+        };
+        let room_now = |n: &Node| n.free_cpus() >= shape.big && n.free_mem() >= shape.mem;
+        // Nodes with room now: their time is `now`.
+        let now_nodes: Vec<NodeId> = self
+            .ce_free
+            .get(ce)
+            .into_iter()
+            .flat_map(|idx| idx.range((shape.big, NodeId(0))..))
+            .map(|&(_, nid)| nid)
+            .filter(|nid| {
+                let n = &self.nodes[nid];
+                members.contains(nid) && room_now(n) && could_ever(n)
             })
             .collect();
-        ends.sort_unstable();
-        let (mut free, mut fmem) = (n.free_cpus(), n.free_mem());
-        for (t, c, m) in ends {
-            if t == NEVER {
-                return NEVER;
+        // (time, node) of the nodes that have room by `at`.
+        let mut reached: Vec<(u64, NodeId)> = Vec::new();
+        // Free CPUs and memory of a node as its allocations end; None once it
+        // has room (or when it is free now, or could never hold the job).
+        let mut room: HashMap<NodeId, Option<(u32, u64)>> = HashMap::new();
+        // When the k-th node has room.
+        let mut at: Option<u64> = None;
+        // Allocations past their deadline (being killed) end "before now".
+        let split = (now.0, NodeId(0), JobId(0));
+        let events = self
+            .releases
+            .range(..split)
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain(self.releases.range(split..).map(Some));
+        for ev in events {
+            let Some((&(t, nid, _), &(cpus, mem))) = ev else {
+                if at.is_some() {
+                    break;
+                }
+                reached.extend(now_nodes.iter().map(|&nid| (now.0, nid)));
+                if reached.len() >= k {
+                    at = Some(now.0);
+                }
+                continue;
+            };
+            if t == NEVER || at.is_some_and(|a| t > a) {
+                break;
             }
-            free += c;
-            fmem += m;
-            if free >= cpus && fmem >= mem {
-                return t;
+            let slot = room.entry(nid).or_insert_with(|| {
+                let n = &self.nodes[&nid];
+                (members.contains(&nid) && could_ever(n) && !room_now(n)).then(|| (n.free_cpus(), n.free_mem()))
+            });
+            let Some((c, m)) = slot else { continue };
+            *c += cpus;
+            *m += mem;
+            if *c >= shape.big && *m >= shape.mem {
+                *slot = None;
+                reached.push((t, nid));
+                if reached.len() >= k && at.is_none() {
+                    at = Some(t);
+                }
             }
         }
-        NEVER
+        let time = match at {
+            Some(t) => t,
+            None => {
+                // Fewer than k nodes ever get room from jobs with a time
+                // limit: the others that could hold the job wait on jobs
+                // without one ("never"), if there are enough of them.
+                let mut never: Vec<NodeId> = members
+                    .iter()
+                    .filter(|nid| {
+                        let n = &self.nodes[nid];
+                        could_ever(n) && !room_now(n) && !room.get(nid).is_some_and(Option::is_none)
+                    })
+                    .copied()
+                    .collect();
+                if reached.len() + never.len() < k {
+                    return None;
+                }
+                never.truncate(k);
+                reached.extend(never.into_iter().map(|nid| (NEVER, nid)));
+                NEVER
+            }
+        };
+        // Of the nodes with room by then, the ones that get it last.
+        reached.sort_unstable_by_key(|&(x, nid)| (Reverse(x), nid));
+        reached.truncate(k);
+        Some((time, reached.into_iter().map(|(_, nid)| nid).collect()))
     }
 
     /// Why no node of the job's queue could ever hold it (one compute
@@ -786,7 +926,7 @@ impl Core {
                     )),
                 );
             }
-            if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec)) {
+            if !self.fair_share_room(&q.def.name, &Shape::of(&job.spec), &mut None) {
                 return (
                     Some("FairShare".into()),
                     Some(
@@ -887,3 +1027,7 @@ fn pick_tiers(cands: impl Iterator<Item = (u32, NodeId)>, shape: &Shape) -> Opti
     }
     None
 }
+
+#[cfg(test)]
+#[path = "sched_tests.rs"]
+mod tests;
