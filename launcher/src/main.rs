@@ -233,7 +233,12 @@ fn main() {
     let cli = Cli::parse();
     let quiet = matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Agent(_));
     nodeagent::init_tracing(if quiet { "info" } else { "warn" });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = if matches!(cli.cmd, Cmd::Agent(_)) {
+        // The agent on one thread: see nodeagent's main for why.
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    };
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {

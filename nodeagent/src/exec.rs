@@ -531,6 +531,33 @@ fn resolve_program(prog: &Path, path: Option<&std::ffi::OsStr>) -> std::io::Resu
     Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("not found in PATH ({})", path.to_string_lossy())))
 }
 
+/// [`resolve_program`], remembered for a second per (PATH, name): an array
+/// starting thousands of `true` walks PATH once a second, not once a task. A
+/// program installed earlier on PATH is seen within that second.
+fn resolve_cached(prog: &Path, path: Option<&std::ffi::OsStr>) -> std::io::Result<PathBuf> {
+    type Cache = std::collections::HashMap<(std::ffi::OsString, PathBuf), (PathBuf, std::time::Instant)>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    use std::os::unix::ffi::OsStrExt;
+    if prog.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(prog.to_path_buf());
+    }
+    let key = (path.unwrap_or_default().to_os_string(), prog.to_path_buf());
+    let now = std::time::Instant::now();
+    if let Some((p, at)) = CACHE.lock().expect("program cache lock").as_ref().and_then(|c| c.get(&key)) {
+        if now.duration_since(*at) < Duration::from_secs(1) {
+            return Ok(p.clone());
+        }
+    }
+    let found = resolve_program(prog, path)?;
+    let mut cache = CACHE.lock().expect("program cache lock");
+    let c = cache.get_or_insert_with(Default::default);
+    if c.len() >= 1024 {
+        c.clear();
+    }
+    c.insert(key, (found.clone(), now));
+    Ok(found)
+}
+
 /// Start one task: its own process group, stdin from /dev/null, stdout and
 /// stderr on pipes (returned, for the pumps), pinned, as the account, in `cwd`,
 /// with the PMI descriptor as the one it inherits, and killed if the agent dies.
@@ -549,7 +576,7 @@ fn start_task(
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let nul = |e: std::ffi::NulError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-    let program = CString::new(resolve_program(prog, env.get("PATH"))?.as_os_str().as_bytes()).map_err(nul)?;
+    let program = CString::new(resolve_cached(prog, env.get("PATH"))?.as_os_str().as_bytes()).map_err(nul)?;
     let mut argv = vec![CString::new(prog.as_os_str().as_bytes()).map_err(nul)?];
     for a in args {
         argv.push(CString::new(a.as_bytes()).map_err(nul)?);

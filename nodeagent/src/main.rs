@@ -120,7 +120,13 @@ fn main() -> anyhow::Result<()> {
     if !matches!(std::env::args().nth(1).as_deref(), Some("inventory" | "plan")) {
         let cli = Cli::parse();
         nodeagent::init_tracing("info");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        // One thread: the agent's work is short steps (start a task, move a
+        // chunk of output, answer a PMI line) that never wait on each other,
+        // and handing them between threads cost more CPU (futex wake-ups,
+        // context switches) than the steps themselves. Tasks are started
+        // from this thread, which lives as long as the agent: their
+        // parent-death signal is tied to it.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return rt.block_on(nodeagent::run(cli.args));
     }
     match Tools::parse().cmd {
