@@ -129,20 +129,27 @@ fn tree_cpu_s(pid: i32) -> f64 {
     total
 }
 
+/// One task of `true` on one CPU in the default queue.
+fn true_job(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        queue: "default".into(),
+        nodes: 1,
+        tasks: 1,
+        cpus_per_task: 1,
+        command: vec!["true".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    }
+}
+
 fn part5(rt: &tokio::runtime::Runtime, n: u32, up: i32) {
     let (cpu0, t) = (tree_cpu_s(up), Instant::now());
     let (submit_ms, total_s) = rt.block_on(async {
         let client = Client::connect(None).await.unwrap();
         let spec = JobSpec {
-            name: "array".into(),
-            queue: "default".into(),
-            nodes: 1,
-            tasks: 1,
-            cpus_per_task: 1,
-            command: vec!["true".into()],
-            cwd: "/".into(),
             array: Some(launcher_proto::ArraySpec { start: 1, end: n, step: 1, max_running: None, sequential: false }),
-            ..Default::default()
+            ..true_job("array")
         };
         let job = match client.call(&Request::Submit { spec: Box::new(spec), key: None }).await.unwrap() {
             Response::Submitted { job } => job,
@@ -179,16 +186,7 @@ fn part1(cli: &dyn Fn(&[&str]) -> std::process::Output, n_submit: usize, cred: &
 fn part2(rt: &tokio::runtime::Runtime, n_jobs: usize) {
     let (submit_s, total_s) = rt.block_on(async {
         let client = Arc::new(Client::connect(None).await.unwrap());
-        let spec = JobSpec {
-            name: "true".into(),
-            queue: "default".into(),
-            nodes: 1,
-            tasks: 1,
-            cpus_per_task: 1,
-            command: vec!["true".into()],
-            cwd: "/".into(),
-            ..Default::default()
-        };
+        let spec = true_job("true");
         let t = Instant::now();
         let sem = Arc::new(tokio::sync::Semaphore::new(64));
         let mut handles = Vec::with_capacity(n_jobs);
