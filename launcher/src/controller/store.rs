@@ -18,6 +18,17 @@ pub enum StoreError {
     /// SQLite said no.
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A newer launcher wrote this database.
+    #[error(
+        "state database {} has schema version {version}, newer than this launcher's ({SCHEMA_VERSION}): run the launcher version that wrote it, or restore a backup made with this one",
+        path.display()
+    )]
+    Newer {
+        /// The database.
+        path: std::path::PathBuf,
+        /// Its `user_version`.
+        version: i64,
+    },
     /// The write-ahead log could not be synced.
     #[error("state database log: {0}")]
     Io(#[from] std::io::Error),
@@ -62,6 +73,9 @@ pub struct Store {
     unsynced: bool,
 }
 
+/// The layout of the tables this launcher reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
 /// The longest a relaxed commit waits for its fsync.
 pub const SYNC_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -69,6 +83,12 @@ impl Store {
     /// Open (creating tables if needed).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
+        // Refuse a database a newer launcher wrote before touching it: its rows
+        // may not decode here, and writing them back would lose what they hold.
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer { path: path.to_path_buf(), version });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
@@ -82,6 +102,10 @@ impl Store {
              CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));
              CREATE TABLE IF NOT EXISTS children (parent INTEGER NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (parent, pos));",
         )?;
+        if version < SCHEMA_VERSION {
+            // New, or written before versions were recorded (the same tables).
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         Ok(Store { conn, wal: wal.into(), relaxed: false, unsynced: false })
@@ -316,6 +340,22 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_newer_schema_is_refused_and_an_old_one_is_stamped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.db");
+        drop(Store::open(&p).unwrap());
+        let version = |p: &Path| -> i64 {
+            Connection::open(p).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+        };
+        assert_eq!(version(&p), SCHEMA_VERSION);
+        Connection::open(&p).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let e = Store::open(&p).err().expect("a newer schema must be refused").to_string();
+        assert!(e.contains("newer than this launcher") && e.contains(&p.display().to_string()), "{e}");
+        // Still refused, untouched.
+        assert_eq!(version(&p), SCHEMA_VERSION + 1);
+    }
+
     use super::*;
     use launcher_core::{Config, Core, Effects, SubmitOutcome, Time};
     use launcher_proto::{JobSpec, NodeId, ToAgent};
