@@ -457,14 +457,14 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
 /// attempts' live tasks use, and record what it takes.
 /// A task's environment under construction: later values replace earlier
 /// ones, and a variable keeps the place where it first appeared.
-struct Env {
+pub(crate) struct Env {
     vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     index: std::collections::HashMap<std::ffi::OsString, usize>,
 }
 
 impl Env {
     /// The agent's own environment, read once.
-    fn inherited() -> Env {
+    pub(crate) fn inherited() -> Env {
         static BASE: std::sync::OnceLock<Vec<(std::ffi::OsString, std::ffi::OsString)>> = std::sync::OnceLock::new();
         let vars = BASE.get_or_init(|| std::env::vars_os().collect()).clone();
         let index = vars.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
@@ -482,7 +482,10 @@ impl Env {
         }
     }
 
-    fn extend<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(&mut self, it: impl IntoIterator<Item = (K, V)>) {
+    pub(crate) fn extend<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        it: impl IntoIterator<Item = (K, V)>,
+    ) {
         for (k, v) in it {
             self.set(k, v);
         }
@@ -562,7 +565,7 @@ fn resolve_cached(prog: &Path, path: Option<&std::ffi::OsStr>) -> std::io::Resul
 /// stderr on pipes (returned, for the pumps), pinned, as the account, in `cwd`,
 /// with the PMI descriptor as the one it inherits, and killed if the agent dies.
 #[allow(clippy::too_many_arguments)]
-fn start_task(
+pub(crate) fn start_task(
     prog: &Path,
     args: &[String],
     env: Env,

@@ -30,7 +30,6 @@ use launcher_proto::{ExecMsg, ExitStatus, FromAgent, JobId, LaunchMsg, NodeId, S
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,38 +369,23 @@ pub fn run(m: ExecMsg, table: &JobTable, out: &UnboundedSender<FromAgent>, facts
     };
     // The caller's directory when it exists here too, else the job's.
     let cwd = Some(PathBuf::from(&m.cwd)).filter(|p| !m.cwd.is_empty() && p.is_dir()).unwrap_or_else(|| je.cwd.clone());
-    let mut cmd = tokio::process::Command::new(&prog);
-    cmd.args(&args)
-        .envs(exec_env(&je, facts))
-        .envs(m.env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let creds = je.account.as_ref().map(|a| (a.uid, a.gid, a.groups.clone()));
-    let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap_or_default();
-    // SAFETY: only async-signal-safe calls between fork and exec (as in exec::launch).
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::users::become_user_in_child(creds.as_ref(), &cwd_c)?;
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot start {prog} on node {node_name}: {e}")),
-    };
-    if let Some(pid) = child.id() {
-        je.children.lock().expect("exec children lock").insert((origin, id), pid as i32);
-    }
+    // Started the way tasks are (exec::start_task): own process group, the
+    // job's account and directory, killed with the agent.
+    let mut env = crate::exec::Env::inherited();
+    env.extend(exec_env(&je, facts));
+    env.extend(m.env.iter().cloned());
+    let creds = je.account.as_ref().map(|a| crate::spawn::Creds { uid: a.uid, gid: a.gid, groups: a.groups.clone() });
+    let (child, stdout, stderr) =
+        match crate::exec::start_task(Path::new(&prog), &args, env, &cwd, creds.as_ref(), None, None, None) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("cannot start {prog} on node {node_name}: {e}")),
+        };
+    je.children.lock().expect("exec children lock").insert((origin, id), child.id());
     let out = out.clone();
     tokio::spawn(async move {
-        let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, stream: Stream| {
+        let pump = |mut r: tokio::net::unix::pipe::Receiver, stream: Stream| {
             let out = out.clone();
             tokio::spawn(async move {
-                let Some(mut r) = r else { return };
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = r.read(&mut buf).await {
                     if n == 0 {
@@ -411,8 +395,8 @@ pub fn run(m: ExecMsg, table: &JobTable, out: &UnboundedSender<FromAgent>, facts
                 }
             })
         };
-        let so = pump(child.stdout.take().map(|s| Box::new(s) as _), Stream::Stdout);
-        let se = pump(child.stderr.take().map(|s| Box::new(s) as _), Stream::Stderr);
+        let so = pump(stdout, Stream::Stdout);
+        let se = pump(stderr, Stream::Stderr);
         let status = child.wait().await;
         crate::exec::drain_pumps([so, se]).await;
         je.children.lock().expect("exec children lock").remove(&(origin, id));

@@ -124,31 +124,6 @@ pub fn with_fs_identity<T>(acct: Option<&Account>, f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// Credentials a forked child takes on: (uid, gid, supplementary groups).
-pub type ChildCreds = (u32, u32, Vec<u32>);
-
-/// In a forked child, before exec: drop to `creds` (groups and gid before
-/// uid: they need root) and enter `cwd` (after, so it must be reachable as
-/// the user). Only async-signal-safe calls.
-///
-/// # Safety
-/// Call only between fork and exec (a `pre_exec` closure).
-pub unsafe fn become_user_in_child(creds: Option<&ChildCreds>, cwd: &std::ffi::CStr) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on values owned by the caller; async-signal-safe.
-    unsafe {
-        if let Some((uid, gid, groups)) = creds {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 || libc::setuid(*uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        if libc::chdir(cwd.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
