@@ -232,24 +232,23 @@ impl Store {
         Ok(defs)
     }
 
+    /// Every `(id, data)` row of `table`, decoded, by id.
+    fn decode_rows<T: serde::de::DeserializeOwned>(&self, table: &'static str) -> Result<Vec<T>, StoreError> {
+        let mut st = self.conn.prepare(&format!("SELECT id, data FROM {table} ORDER BY id"))?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            out.push(decode(&data).map_err(|source| StoreError::Decode { table, id, source })?);
+        }
+        Ok(out)
+    }
+
     /// Everything needed to rebuild the core.
     pub fn load(&self) -> Result<(Vec<NodeRecord>, Vec<Job>), StoreError> {
-        let mut nodes = Vec::new();
-        let mut st = self.conn.prepare("SELECT id, data FROM nodes ORDER BY id")?;
-        let mut rows = st.query([])?;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            nodes.push(decode(&data).map_err(|source| StoreError::Decode { table: "nodes", id, source })?);
-        }
-        let mut jobs: Vec<Job> = Vec::new();
-        let mut st = self.conn.prepare("SELECT id, data FROM jobs ORDER BY id")?;
-        let mut rows = st.query([])?;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            jobs.push(decode(&data).map_err(|source| StoreError::Decode { table: "jobs", id, source })?);
-        }
+        let nodes: Vec<NodeRecord> = self.decode_rows("nodes")?;
+        let mut jobs: Vec<Job> = self.decode_rows("jobs")?;
         // Array children changed since their parent's record was written.
         let by_id: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.0, i)).collect();
         let mut st = self.conn.prepare("SELECT parent, pos, data FROM children ORDER BY parent, pos")?;
