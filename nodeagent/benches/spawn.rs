@@ -48,6 +48,7 @@ async fn with_command() {
 async fn with_spawn() {
     let argv = [CString::new("true").unwrap()];
     let envp = task_env();
+    let envp: Vec<&std::ffi::CStr> = envp.iter().map(|c| c.as_c_str()).collect();
     let mut spec = SpawnSpec::new(c"/bin/true", &argv, &envp);
     spec.new_pgroup = true;
     let status = spawn(&spec).expect("spawn /bin/true").wait().await.unwrap();

@@ -110,75 +110,84 @@ pub fn expand_pattern(p: &str, job: JobId, rank: u32, node: &str, node_rank: u32
 
 /// The environment every task of `msg` gets, for global rank `rank` / local rank `local`.
 pub fn task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(64);
+    put_task_env(msg, facts, rank, local, |k, v| out.push((k.to_string(), v.to_string())));
+    out
+}
+
+/// [`task_env`], handed to `put` one variable at a time, in order (the
+/// user's `--env` last, so it can override ours: MASTER_PORT, say).
+fn put_task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32, mut put: impl FnMut(&str, &str)) {
     let spec = &msg.spec;
     let job = msg.job.to_string();
     let world = spec.tasks.to_string();
     let nnodes = msg.nodelist.len().to_string();
     let node_rank = msg.node_rank.to_string();
     let local_size = msg.tasks.len().to_string();
+    let attempt = msg.attempt.to_string();
+    let rank_s = rank.to_string();
+    let local_s = local.to_string();
+    let cpt = spec.cpus_per_task.to_string();
+    let master_port = (29500 + msg.job.0 % 2000).to_string();
     let nodelist_csv = msg.nodelist.join(",");
     let compressed = hostlist::compress(&msg.nodelist);
-    let main_addr = msg.node_addrs.first().cloned().unwrap_or_default();
+    let main_addr = msg.node_addrs.first().map(String::as_str).unwrap_or_default();
     let tasks_per_node = msg.tasks_per_node.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let master_port = (29500 + msg.job.0 % 2000).to_string();
-    let mut env = vec![
-        ("LAUNCHER_JOB_ID", job.clone()),
-        ("LAUNCHER_JOB_NAME", spec.name.clone()),
-        ("LAUNCHER_JOB_ATTEMPT", msg.attempt.to_string()),
-        ("LAUNCHER_RANK", rank.to_string()),
-        ("LAUNCHER_LOCAL_RANK", local.to_string()),
-        ("LAUNCHER_LOCAL_SIZE", local_size.clone()),
-        ("LAUNCHER_NODE_RANK", node_rank.clone()),
-        ("LAUNCHER_NNODES", nnodes.clone()),
-        ("LAUNCHER_WORLD_SIZE", world.clone()),
-        ("LAUNCHER_NODELIST", nodelist_csv),
-        ("LAUNCHER_NODENAME", facts.name.clone()),
-        ("LAUNCHER_CPUS_PER_TASK", spec.cpus_per_task.to_string()),
-        ("AWS_BATCH_JOB_ID", job.clone()),
-        ("AWS_BATCH_JOB_ATTEMPT", msg.attempt.to_string()),
-        ("AWS_BATCH_JQ_NAME", spec.queue.clone()),
-        ("AWS_BATCH_JOB_NODE_INDEX", node_rank.clone()),
-        ("AWS_BATCH_JOB_NUM_NODES", nnodes.clone()),
-        ("AWS_BATCH_JOB_MAIN_NODE_INDEX", "0".into()),
-        ("SLURM_JOB_ID", job.clone()),
-        ("SLURM_JOBID", job),
-        ("SLURM_JOB_NAME", spec.name.clone()),
-        ("SLURM_PROCID", rank.to_string()),
-        ("SLURM_LOCALID", local.to_string()),
-        ("SLURM_NODEID", node_rank.clone()),
-        ("SLURM_NTASKS", world.clone()),
-        ("SLURM_NPROCS", world.clone()),
-        ("SLURM_NNODES", nnodes.clone()),
-        ("SLURM_JOB_NUM_NODES", nnodes),
-        ("SLURM_JOB_NODELIST", compressed.clone()),
-        ("SLURM_NODELIST", compressed),
-        ("SLURM_TASKS_PER_NODE", tasks_per_node),
-        ("SLURM_NTASKS_PER_NODE", local_size.clone()),
-        ("SLURM_CPUS_PER_TASK", spec.cpus_per_task.to_string()),
-        ("MASTER_ADDR", main_addr.clone()),
-        ("MASTER_PORT", master_port),
-        ("RANK", rank.to_string()),
-        ("WORLD_SIZE", world),
-        ("LOCAL_RANK", local.to_string()),
-        ("LOCAL_WORLD_SIZE", local_size),
-        ("NODE_RANK", node_rank),
-    ];
+    put("LAUNCHER_JOB_ID", &job);
+    put("LAUNCHER_JOB_NAME", &spec.name);
+    put("LAUNCHER_JOB_ATTEMPT", &attempt);
+    put("LAUNCHER_RANK", &rank_s);
+    put("LAUNCHER_LOCAL_RANK", &local_s);
+    put("LAUNCHER_LOCAL_SIZE", &local_size);
+    put("LAUNCHER_NODE_RANK", &node_rank);
+    put("LAUNCHER_NNODES", &nnodes);
+    put("LAUNCHER_WORLD_SIZE", &world);
+    put("LAUNCHER_NODELIST", &nodelist_csv);
+    put("LAUNCHER_NODENAME", &facts.name);
+    put("LAUNCHER_CPUS_PER_TASK", &cpt);
+    put("AWS_BATCH_JOB_ID", &job);
+    put("AWS_BATCH_JOB_ATTEMPT", &attempt);
+    put("AWS_BATCH_JQ_NAME", &spec.queue);
+    put("AWS_BATCH_JOB_NODE_INDEX", &node_rank);
+    put("AWS_BATCH_JOB_NUM_NODES", &nnodes);
+    put("AWS_BATCH_JOB_MAIN_NODE_INDEX", "0");
+    put("SLURM_JOB_ID", &job);
+    put("SLURM_JOBID", &job);
+    put("SLURM_JOB_NAME", &spec.name);
+    put("SLURM_PROCID", &rank_s);
+    put("SLURM_LOCALID", &local_s);
+    put("SLURM_NODEID", &node_rank);
+    put("SLURM_NTASKS", &world);
+    put("SLURM_NPROCS", &world);
+    put("SLURM_NNODES", &nnodes);
+    put("SLURM_JOB_NUM_NODES", &nnodes);
+    put("SLURM_JOB_NODELIST", &compressed);
+    put("SLURM_NODELIST", &compressed);
+    put("SLURM_TASKS_PER_NODE", &tasks_per_node);
+    put("SLURM_NTASKS_PER_NODE", &local_size);
+    put("SLURM_CPUS_PER_TASK", &cpt);
+    put("MASTER_ADDR", main_addr);
+    put("MASTER_PORT", &master_port);
+    put("RANK", &rank_s);
+    put("WORLD_SIZE", &world);
+    put("LOCAL_RANK", &local_s);
+    put("LOCAL_WORLD_SIZE", &local_size);
+    put("NODE_RANK", &node_rank);
     if msg.node_rank != 0 {
-        env.push(("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", main_addr));
+        put("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", main_addr);
     }
     // Array children: `P:i` carries the index.
     if let Some(index) = msg.job.index() {
         let (parent, index) = (msg.job.parent().to_string(), index.to_string());
-        env.push(("LAUNCHER_ARRAY_JOB_ID", parent.clone()));
-        env.push(("LAUNCHER_ARRAY_INDEX", index.clone()));
-        env.push(("AWS_BATCH_JOB_ARRAY_INDEX", index.clone()));
-        env.push(("SLURM_ARRAY_JOB_ID", parent));
-        env.push(("SLURM_ARRAY_TASK_ID", index));
+        put("LAUNCHER_ARRAY_JOB_ID", &parent);
+        put("LAUNCHER_ARRAY_INDEX", &index);
+        put("AWS_BATCH_JOB_ARRAY_INDEX", &index);
+        put("SLURM_ARRAY_JOB_ID", &parent);
+        put("SLURM_ARRAY_TASK_ID", &index);
     }
-    // The user's --env comes last so it can override ours (MASTER_PORT, say).
-    let mut out: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    out.extend(spec.env.iter().cloned());
-    out
+    for (k, v) in &spec.env {
+        put(k, v);
+    }
 }
 
 /// File name of the PMI-1 client library (the `launcher-pmi` crate).
@@ -350,7 +359,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         // The environment: the agent's, then ours, the plan's hints, the
         // user's --env, the account, PMI and mpirun variables; later wins.
         let mut env = Env::inherited();
-        env.extend(task_env(&msg, facts, rank, task.local_rank));
+        put_task_env(&msg, facts, rank, task.local_rank, |k, v| env.set(k, v));
         env.extend(placed.env.iter().cloned());
         // The user's --env wins over the plan's hints too.
         env.extend(spec.env.iter().cloned());
@@ -457,29 +466,145 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
 /// attempts' live tasks use, and record what it takes.
 /// A task's environment under construction: later values replace earlier
 /// ones, and a variable keeps the place where it first appeared.
+///
+/// Built for thousands of starts a second: the agent's own variables are
+/// prepared once (as `K=V` strings execve can take as they are), a task's own
+/// go back to back into one buffer, and the index is a small open-addressing
+/// table, so building one costs a few allocations, not several per variable.
 pub(crate) struct Env {
-    vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    index: std::collections::HashMap<std::ffi::OsString, usize>,
+    base: &'static BaseEnv,
+    /// `K=V\0` of every variable set here (a replaced one stays, unused).
+    buf: Vec<u8>,
+    /// Each variable, in order of first appearance.
+    vars: Vec<Var>,
+    /// Open addressing on the key's hash: a position in `vars` plus one, 0 for
+    /// empty. Its length is a power of two, at least twice `vars`'.
+    slots: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Var {
+    /// The agent's own variable number `i`.
+    Inherited(u32),
+    /// `buf[at..at + len]` holds `K=V\0`, with a `key`-byte key.
+    Own { at: u32, key: u32, len: u32 },
+}
+
+/// The agent's own environment, read once.
+pub(crate) struct BaseEnv {
+    /// `K=V`, each.
+    entries: Vec<std::ffi::CString>,
+    /// Key length of each entry.
+    keys: Vec<u32>,
+    vars: Vec<Var>,
+    slots: Vec<u32>,
+}
+
+/// FNV-1a: short keys, no hostile input worth a keyed hash (a task only
+/// slows its own start), and far cheaper than SipHash for ~100 keys a task.
+fn key_hash(k: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in k {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
 }
 
 impl Env {
-    /// The agent's own environment, read once.
+    /// The agent's own environment to start from.
     pub(crate) fn inherited() -> Env {
-        static BASE: std::sync::OnceLock<Vec<(std::ffi::OsString, std::ffi::OsString)>> = std::sync::OnceLock::new();
-        let vars = BASE.get_or_init(|| std::env::vars_os().collect()).clone();
-        let index = vars.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        Env { vars, index }
+        static BASE: std::sync::OnceLock<BaseEnv> = std::sync::OnceLock::new();
+        let base = BASE.get_or_init(|| {
+            let mut b = Env::empty();
+            for (k, v) in std::env::vars_os() {
+                b.set(&k, &v);
+            }
+            // The same variables in the same places: only where they live changes.
+            let entries = b
+                .vars
+                .iter()
+                // environ strings have no NUL inside: the fallback is never taken.
+                .map(|v| std::ffi::CString::from_vec_with_nul(b.entry(*v).to_vec()).unwrap_or_default())
+                .collect();
+            let keys = b.vars.iter().map(|v| b.key_of(*v).len() as u32).collect();
+            let vars = (0..b.vars.len() as u32).map(Var::Inherited).collect();
+            BaseEnv { entries, keys, vars, slots: b.slots }
+        });
+        Env { base, buf: Vec::with_capacity(4096), vars: base.vars.clone(), slots: base.slots.clone() }
+    }
+
+    /// An empty environment.
+    fn empty() -> Env {
+        static EMPTY: BaseEnv = BaseEnv { entries: Vec::new(), keys: Vec::new(), vars: Vec::new(), slots: Vec::new() };
+        Env { base: &EMPTY, buf: Vec::new(), vars: Vec::new(), slots: vec![0; 16] }
+    }
+
+    /// `K=V\0` of a variable.
+    fn entry(&self, v: Var) -> &[u8] {
+        match v {
+            Var::Inherited(i) => self.base.entries[i as usize].as_bytes_with_nul(),
+            Var::Own { at, len, .. } => &self.buf[at as usize..(at + len) as usize],
+        }
+    }
+
+    fn key_of(&self, v: Var) -> &[u8] {
+        match v {
+            Var::Inherited(i) => &self.base.entries[i as usize].as_bytes()[..self.base.keys[i as usize] as usize],
+            Var::Own { at, key, .. } => &self.buf[at as usize..(at + key) as usize],
+        }
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn slot_for(&self, key: &[u8]) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = key_hash(key) & mask;
+        loop {
+            match self.slots[i] {
+                0 => return i,
+                n if self.key_of(self.vars[n as usize - 1]) == key => return i,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Put `var` under `key`: in place if the key is there, else at the end.
+    fn insert_var(&mut self, key: &[u8], var: Var) {
+        let i = self.slot_for(key);
+        match self.slots[i] {
+            0 => {
+                self.vars.push(var);
+                self.slots[i] = self.vars.len() as u32;
+                if self.vars.len() * 2 > self.slots.len() {
+                    self.grow();
+                }
+            }
+            n => self.vars[n as usize - 1] = var,
+        }
+    }
+
+    fn grow(&mut self) {
+        let mut slots = vec![0u32; self.slots.len() * 2];
+        let mask = slots.len() - 1;
+        for (n, v) in self.vars.iter().enumerate() {
+            let mut i = key_hash(self.key_of(*v)) & mask;
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = n as u32 + 1;
+        }
+        self.slots = slots;
     }
 
     fn set(&mut self, k: impl AsRef<std::ffi::OsStr>, v: impl AsRef<std::ffi::OsStr>) {
-        let (k, v) = (k.as_ref(), v.as_ref().to_os_string());
-        match self.index.get(k) {
-            Some(&i) => self.vars[i].1 = v,
-            None => {
-                self.index.insert(k.to_os_string(), self.vars.len());
-                self.vars.push((k.to_os_string(), v));
-            }
-        }
+        use std::os::unix::ffi::OsStrExt;
+        let (k, v) = (k.as_ref().as_bytes(), v.as_ref().as_bytes());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(k);
+        self.buf.push(b'=');
+        self.buf.extend_from_slice(v);
+        self.buf.push(0);
+        let var = Var::Own { at: at as u32, key: k.len() as u32, len: (self.buf.len() - at) as u32 };
+        self.insert_var(k, var);
     }
 
     pub(crate) fn extend<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
@@ -492,22 +617,21 @@ impl Env {
     }
 
     fn get(&self, k: &str) -> Option<&std::ffi::OsStr> {
-        self.index.get(std::ffi::OsStr::new(k)).map(|&i| self.vars[i].1.as_os_str())
+        use std::os::unix::ffi::OsStrExt;
+        match self.slots[self.slot_for(k.as_bytes())] {
+            0 => None,
+            n => {
+                let e = self.entry(self.vars[n as usize - 1]);
+                // After `K=`, before the NUL.
+                Some(std::ffi::OsStr::from_bytes(&e[k.len() + 1..e.len() - 1]))
+            }
+        }
     }
 
-    /// `K=V` strings for execve (a variable with a NUL byte cannot be passed and is left out).
-    fn into_envp(self) -> Vec<std::ffi::CString> {
-        use std::os::unix::ffi::OsStrExt;
-        self.vars
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
-                kv.extend_from_slice(k.as_bytes());
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                std::ffi::CString::new(kv).ok()
-            })
-            .collect()
+    /// `K=V` strings for execve, borrowed from `self` (a variable with a NUL
+    /// byte cannot be passed and is left out).
+    fn envp(&self) -> Vec<&std::ffi::CStr> {
+        self.vars.iter().filter_map(|v| std::ffi::CStr::from_bytes_with_nul(self.entry(*v)).ok()).collect()
     }
 }
 
@@ -584,16 +708,23 @@ pub(crate) fn start_task(
     for a in args {
         argv.push(CString::new(a.as_bytes()).map_err(nul)?);
     }
-    let envp = env.into_envp();
+    let envp = env.envp();
     let cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(nul)?;
+    // Our read end non-blocking for tokio, the task's write end blocking:
+    // one fcntl, where tokio's checked conversion costs three syscalls.
     let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> {
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills two descriptors we then own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: both are fresh descriptors owned by nobody else.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETFL on a descriptor we own; the read end keeps O_NONBLOCK (its own file description).
+        if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((r, w))
     };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -610,8 +741,9 @@ pub(crate) fn start_task(
     spec.pdeathsig = Some(libc::SIGKILL);
     let child = crate::spawn::spawn(&spec)?;
     drop((out_w, err_w));
-    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?;
-    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?;
+    // Read ends of fresh pipes, non-blocking: what the unchecked conversion needs.
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(out_r)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(err_r)?;
     Ok((child, stdout, stderr))
 }
 
@@ -758,7 +890,7 @@ fn spool_name(rank: u32, stream: Stream) -> String {
 
 async fn pump(
     mut r: impl tokio::io::AsyncRead + Unpin,
-    spool: std::sync::Arc<Spool>,
+    spool: &Spool,
     stream: Stream,
     mut file: Option<std::fs::File>,
     out: UnboundedSender<FromAgent>,
@@ -859,11 +991,27 @@ async fn watch_task(
     out: UnboundedSender<FromAgent>,
 ) {
     let (job, rank) = (spool.job, spool.rank);
-    let spool = std::sync::Arc::new(spool);
-    let so = tokio::spawn(pump(stdout, spool.clone(), Stream::Stdout, files.0, out.clone()));
-    let se = tokio::spawn(pump(stderr, spool.clone(), Stream::Stderr, files.1, out.clone()));
-    let status = child.wait().await;
-    drain_pumps([so, se]).await;
+    // The child and both pumps in this one task: no task spawned per stream.
+    let (so, se) = files;
+    let mut pumps = std::pin::pin!(async {
+        tokio::join!(
+            pump(stdout, &spool, Stream::Stdout, so, out.clone()),
+            pump(stderr, &spool, Stream::Stderr, se, out.clone())
+        )
+    });
+    let mut wait = std::pin::pin!(child.wait());
+    let mut drained = false;
+    let status = loop {
+        tokio::select! {
+            s = &mut wait => break s,
+            _ = &mut pumps, if !drained => drained = true,
+        }
+    };
+    if !drained {
+        // A process that left a daemon holding its pipes open must not hang
+        // its job: give the pumps a moment to drain, then drop them.
+        let _ = tokio::time::timeout(PUMP_DRAIN, &mut pumps).await;
+    }
     let status = exit_status(status, "task");
     let (pmi, grace_killed, killing) = table
         .lock()
@@ -983,12 +1131,15 @@ pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
     }
 }
 
+/// How long output pumps may run on after their process ended.
+const PUMP_DRAIN: Duration = Duration::from_secs(2);
+
 /// A process that left a daemon holding its pipes open must not hang its
 /// job: give its output pumps a moment to drain, then stop them.
 pub(crate) async fn drain_pumps<T>(pumps: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) {
     for h in pumps {
         let abort = h.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
+        if tokio::time::timeout(PUMP_DRAIN, h).await.is_err() {
             abort.abort();
         }
     }
@@ -1036,16 +1187,40 @@ mod tests {
 
     #[test]
     fn environment_later_values_win_in_place() {
-        let mut env = Env { vars: Vec::new(), index: Default::default() };
+        let mut env = Env::empty();
         env.extend([("A", "1"), ("B", "2")]);
         env.set("A", "3");
         env.set("C", "4");
         assert_eq!(env.get("A").unwrap(), "3");
-        let envp: Vec<String> = env.into_envp().into_iter().map(|c| c.into_string().unwrap()).collect();
+        let envp: Vec<&str> = env.envp().into_iter().map(|c| c.to_str().unwrap()).collect();
         assert_eq!(envp, ["A=3", "B=2", "C=4"]);
+        // Many variables (the index grows), each found, replaced in place.
+        for i in 0..300 {
+            env.set(format!("V{i}"), i.to_string());
+        }
+        env.set("B", "5");
+        for i in (0..300).step_by(7) {
+            assert_eq!(env.get(&format!("V{i}")).unwrap(), &*i.to_string());
+        }
+        let envp = env.envp();
+        assert_eq!(envp.len(), 303);
+        assert_eq!(envp[1].to_str().unwrap(), "B=5");
+        assert_eq!(envp[302].to_str().unwrap(), "V299=299");
+        // A NUL byte cannot be passed: that variable is left out.
+        env.set("D", std::ffi::OsStr::new("a\0b"));
+        assert_eq!(env.envp().len(), 303);
         // The agent's own variables are the base.
-        let inherited = Env::inherited();
+        let mut inherited = Env::inherited();
         assert_eq!(inherited.get("PATH").map(|p| p.to_os_string()), std::env::var_os("PATH"));
+        assert_eq!(inherited.envp().len(), std::env::vars_os().count());
+        // Replacing an inherited variable keeps its place; new ones go last.
+        let pos = inherited.envp().iter().position(|c| c.to_bytes().starts_with(b"PATH=")).unwrap();
+        inherited.set("PATH", "/x");
+        inherited.set("LAUNCHER_TEST_NEW", "1");
+        let envp = inherited.envp();
+        assert_eq!(envp[pos].to_str().unwrap(), "PATH=/x");
+        assert_eq!(envp.last().unwrap().to_str().unwrap(), "LAUNCHER_TEST_NEW=1");
+        assert_eq!(inherited.get("PATH").unwrap(), "/x");
     }
 
     #[test]

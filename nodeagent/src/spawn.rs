@@ -55,7 +55,7 @@ pub struct SpawnSpec<'a> {
     /// Arguments, `argv[0]` included (must not be empty).
     pub argv: &'a [CString],
     /// The complete environment, `K=V` each.
-    pub envp: &'a [CString],
+    pub envp: &'a [&'a CStr],
     /// Directory to enter, after the credential change (so it must be
     /// reachable as the user). `None`: the parent's.
     pub cwd: Option<&'a CStr>,
@@ -85,7 +85,7 @@ pub struct SpawnSpec<'a> {
 impl<'a> SpawnSpec<'a> {
     /// A spec with everything else off: stdio on /dev/null, the parent's
     /// directory, credentials, group, CPUs, no inherited descriptor.
-    pub fn new(program: &'a CStr, argv: &'a [CString], envp: &'a [CString]) -> Self {
+    pub fn new(program: &'a CStr, argv: &'a [CString], envp: &'a [&'a CStr]) -> Self {
         SpawnSpec {
             program,
             argv,
@@ -692,7 +692,7 @@ mod tests {
     /// (argv and envp are leaked: a few bytes per test, so `tweak` may borrow the caller's locals.)
     async fn sh<'a>(script: &str, tweak: impl FnOnce(&mut SpawnSpec<'a>)) -> (ExitStatus, String) {
         let argv: &'a [CString] = Box::leak(args(&["sh", "-c", script]).into_boxed_slice());
-        let envp: &'a [CString] = Box::leak(args(&["PATH=/usr/bin:/bin"]).into_boxed_slice());
+        let envp: &'a [&'a CStr] = Box::leak(vec![c"PATH=/usr/bin:/bin"].into_boxed_slice());
         let (r, w) = pipe();
         let mut spec = SpawnSpec::new(c"/bin/sh", argv, envp);
         spec.stdout = Some(w.as_raw_fd());
@@ -737,7 +737,7 @@ mod tests {
         let (_, out) = sh(r#"printf '<%s>\n' "$0" "$@""#, |_| {}).await;
         assert_eq!(out, "<sh>\n", "no extra arguments");
         let argv = args(&["sh", "-c", r#"printf '<%s>\n' "$0" "$@""#, "zero", "a b", "", "c"]);
-        let envp: Vec<CString> = vec![];
+        let envp: Vec<&CStr> = vec![];
         let (r, w) = pipe();
         let mut spec = SpawnSpec::new(c"/bin/sh", &argv, &envp);
         spec.stdout = Some(w.as_raw_fd());
@@ -748,7 +748,7 @@ mod tests {
 
         // `env` prints its environment, which must be ours only, in order.
         let argv = args(&["env"]);
-        let envp = args(&["ZED=last first", "A=1", "EMPTY="]);
+        let envp = [c"ZED=last first", c"A=1", c"EMPTY="];
         let (r, w) = pipe();
         let mut spec = SpawnSpec::new(c"/usr/bin/env", &argv, &envp);
         spec.stdout = Some(w.as_raw_fd());
