@@ -9,8 +9,9 @@ use crate::sched::{Reservation, ShareUsage};
 use crate::validate::validate_spec;
 use crate::Time;
 use launcher_proto::{
-    ArrayInfo, CancelOutcome, CeDef, ExitStatus, FromAgent, Inventory, JobDef, JobId, JobInfo, JobState, KillMsg,
-    KillReason, LaunchMsg, NodeId, NodeInfo, NodeState, PolicyDef, QueueDef, RegisterMsg, TaskInfo, TaskMsg, ToAgent,
+    ArrayInfo, CancelOutcome, CeDef, ExitStatus, FromAgent, Inventory, JobDef, JobId, JobInfo, JobSpec, JobState,
+    KillMsg, KillReason, LaunchMsg, NodeId, NodeInfo, NodeState, PolicyDef, QueueDef, RegisterMsg, TaskInfo, TaskMsg,
+    ToAgent,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,6 +75,9 @@ pub enum Record {
         /// How it failed.
         end: Option<crate::job::ChildEnd>,
     },
+    /// Delete a job's own record: an array child that ended or went back to
+    /// waiting, whose parent's byte now says all there is.
+    RemoveJob(JobId),
     /// Delete a compute environment, queue or policy (`kind` is `ce`, `queue` or `policy`).
     Deleted {
         /// What kind.
@@ -84,10 +88,38 @@ pub enum Record {
 }
 
 impl Record {
-    /// A job's full record, as it is now.
+    /// A job's full record, as it is now. An array child's carries no spec:
+    /// it is its parent's ([`child_spec`]), filled back in on restore, so a
+    /// child costs neither a copy of the script nor its bytes on disk.
     pub fn job(job: &Job) -> Record {
-        Record::Job(Box::new(job.clone()))
+        if job.id.index().is_none() {
+            return Record::Job(Box::new(job.clone()));
+        }
+        Record::Job(Box::new(Job {
+            id: job.id,
+            spec: JobSpec::default(),
+            key: job.key,
+            state: job.state,
+            attempt: job.attempt,
+            alloc: job.alloc.clone(),
+            exits: job.exits.clone(),
+            fail: job.fail.clone(),
+            killing: job.killing.clone(),
+            submit_time: job.submit_time,
+            start_time: job.start_time,
+            end_time: job.end_time,
+            exit_code: job.exit_code,
+            array: None,
+        }))
     }
+}
+
+/// An array child's spec: its parent's, without the array and the dependencies.
+pub(crate) fn child_spec(parent: &JobSpec) -> JobSpec {
+    let mut spec = parent.clone();
+    spec.array = None;
+    spec.depends.clear();
+    spec
 }
 
 /// Definitions loaded from the store at restart.
@@ -354,12 +386,19 @@ impl Core {
             }
             core.jobs.insert(job.id, Box::new(job));
         }
-        for job in children {
+        // A child's own record exists while it is active (its parent's byte
+        // may still say runnable: that change is not written separately).
+        for mut job in children {
             let active = matches!(job.state, JobState::Starting | JobState::Running);
-            let parent_active = core.child_state(job.id) == Some(ChildState::Active);
-            if active && parent_active {
-                core.jobs.insert(job.id, Box::new(job));
+            let Some(pos) = core.child_pos(job.id) else { continue };
+            let parent = core.jobs.get_mut(&job.id.parent()).expect("child_pos found the parent");
+            let Some(arr) = parent.array.as_mut() else { continue };
+            if !active || arr.states[pos as usize].is_terminal() {
+                continue;
             }
+            arr.states[pos as usize] = ChildState::Active;
+            job.spec = child_spec(&parent.spec);
+            core.jobs.insert(job.id, Box::new(job));
         }
         let ids: Vec<JobId> = core.jobs.keys().copied().collect();
         for id in ids {
@@ -975,9 +1014,7 @@ impl Core {
         let aspec = p.spec.array.as_ref().expect("array");
         let pos = aspec.pos_of(index).expect("valid index");
         let attempts = p.array.as_ref().and_then(|a| a.attempts.get(&pos).copied()).unwrap_or(0);
-        let mut spec = p.spec.clone();
-        spec.array = None;
-        spec.depends.clear();
+        let spec = child_spec(&p.spec);
         let child = Job {
             id: parent.child(index),
             spec,
@@ -1029,12 +1066,19 @@ impl Core {
             return;
         }
         a.started = true;
+        // An array child's start is not written: restored as starting, its
+        // agent's report makes it running again. Thousands a second otherwise.
+        let child = id.index().is_some();
         if job.state == JobState::Starting && job.alloc.iter().all(|a| a.started) {
             job.state = JobState::Running;
-            fx.persist(Record::Event { job: id, time: now, text: "all tasks started".into() });
+            if !child {
+                fx.persist(Record::Event { job: id, time: now, text: "all tasks started".into() });
+            }
             fx.job_changed(id);
         }
-        fx.persist(Record::job(job));
+        if !child {
+            fx.persist(Record::job(job));
+        }
     }
 
     fn task_exited(
@@ -1203,7 +1247,7 @@ impl Core {
                 // Back into the parent's compact state; the record goes.
                 let parent = id.parent();
                 let attempts = job.attempt;
-                fx.persist(Record::job(job));
+                fx.persist(Record::RemoveJob(id));
                 self.jobs.remove(&id);
                 let pos = self.child_pos_of(parent, index);
                 let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
@@ -1226,8 +1270,17 @@ impl Core {
             None => "succeeded".to_string(),
             Some(f) => format!("failed: {}", f.text()),
         };
-        fx.persist(Record::Event { job: id, time: now, text });
-        fx.persist(Record::job(job));
+        if id.index().is_none() {
+            fx.persist(Record::Event { job: id, time: now, text });
+            fx.persist(Record::job(job));
+        } else {
+            // A child's end lives in its parent's byte (and `ends`): its own
+            // record goes, and only a failure is worth an event row.
+            if job.fail.is_some() {
+                fx.persist(Record::Event { job: id, time: now, text });
+            }
+            fx.persist(Record::RemoveJob(id));
+        }
         fx.job_changed(id);
         if let Some(index) = id.index() {
             let parent = id.parent();
@@ -1324,20 +1377,24 @@ impl Core {
     }
 
     /// Change one child's state (after its attempts/end are set) and persist just that child.
+    /// Becoming active writes no child row: the child's own record, written
+    /// when it starts, says so (see [`Core::restore`]).
     pub(crate) fn set_child_state(&mut self, fx: &mut impl Effects, parent: JobId, pos: u32, s: ChildState) {
         let arr = self.jobs.get_mut(&parent).and_then(|p| p.array.as_mut()).expect("array");
         let old = std::mem::replace(&mut arr.states[pos as usize], s);
-        let rec = Record::Child {
+        let rec = (s != ChildState::Active).then(|| Record::Child {
             parent,
             pos,
             state: s,
             attempts: arr.attempts.get(&pos).copied().unwrap_or(0),
             end: arr.ends.get(&pos).cloned(),
-        };
+        });
         let live = self.arrays.get_mut(&parent).expect("array live");
         live.counts[old as usize] -= 1;
         live.counts[s as usize] += 1;
-        fx.persist(rec);
+        if let Some(rec) = rec {
+            fx.persist(rec);
+        }
     }
 
     /// Put a waiting entry (plain job or array parent) in its queue, or aside

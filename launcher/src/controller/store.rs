@@ -145,10 +145,17 @@ impl Store {
             return if durable { self.sync() } else { Ok(()) };
         }
         self.set_relaxed(!durable)?;
+        // The last record of each job in the batch is the one that counts.
         let mut last_job: HashMap<u64, usize> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
-            if let Record::Job(j) = r {
-                last_job.insert(j.id.0, i);
+            match r {
+                Record::Job(j) => {
+                    last_job.insert(j.id.0, i);
+                }
+                Record::RemoveJob(id) => {
+                    last_job.insert(id.0, i);
+                }
+                _ => {}
             }
         }
         let tx = self.conn.transaction()?;
@@ -163,6 +170,7 @@ impl Store {
             let mut put_child =
                 tx.prepare_cached("INSERT OR REPLACE INTO children (parent, pos, data) VALUES (?1, ?2, ?3)")?;
             let mut del_children = tx.prepare_cached("DELETE FROM children WHERE parent = ?1")?;
+            let mut del_job = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
             for (i, r) in records.iter().enumerate() {
                 match r {
                     Record::Job(j) if last_job.get(&j.id.0) == Some(&i) => {
@@ -173,6 +181,10 @@ impl Store {
                         }
                     }
                     Record::Job(_) => {}
+                    Record::RemoveJob(id) if last_job.get(&id.0) == Some(&i) => {
+                        del_job.execute(params![id.0 as i64])?;
+                    }
+                    Record::RemoveJob(_) => {}
                     Record::Node(n) => {
                         put_node.execute(params![n.id.0 as i64, n.name, encode(n)])?;
                     }
@@ -249,6 +261,21 @@ impl Store {
     pub fn load(&self) -> Result<(Vec<NodeRecord>, Vec<Job>), StoreError> {
         let nodes: Vec<NodeRecord> = self.decode_rows("nodes")?;
         let mut jobs: Vec<Job> = self.decode_rows("jobs")?;
+        // Records of ended array children, which earlier versions kept: the
+        // parent's byte says all there is, so they go (in one transaction).
+        let ended: Vec<u64> =
+            jobs.iter().filter(|j| j.id.index().is_some() && j.state.is_terminal()).map(|j| j.id.0).collect();
+        if !ended.is_empty() {
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+                for id in &ended {
+                    del.execute([*id as i64])?;
+                }
+            }
+            tx.commit()?;
+            jobs.retain(|j| !(j.id.index().is_some() && j.state.is_terminal()));
+        }
         // Array children changed since their parent's record was written.
         let by_id: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.0, i)).collect();
         let mut st = self.conn.prepare("SELECT parent, pos, data FROM children ORDER BY parent, pos")?;
@@ -380,7 +407,7 @@ mod tests {
             inventory: launcher_proto::Inventory { cpus: 2, mem_mib: 100, ..Default::default() },
             jobs: vec![],
         };
-        core.on_register(Time(1), &mut fx, reg);
+        let (node, _) = core.on_register(Time(1), &mut fx, reg);
         let spec = JobSpec {
             queue: "default".into(),
             nodes: 1,
@@ -399,20 +426,43 @@ mod tests {
         let SubmitOutcome::Accepted(id) = core.on_submit(Time(5), &mut fx, spec, None) else { panic!() };
         let mut s = Store::open(&p).unwrap();
         s.commit(&fx.0, true).unwrap();
-        let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
-        assert_eq!(rows, 0, "a 10,000-child submit writes no child rows");
+        let count = |s: &Store, table: &str| -> i64 {
+            s.conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(count(&s, "children"), 0, "a 10,000-child submit writes no child rows");
+        assert_eq!(count(&s, "jobs"), 1);
         fx.0.clear();
         core.schedule(Time(6), &mut fx);
         s.commit(&fx.0, true).unwrap();
-        let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM children", [], |r| r.get(0)).unwrap();
-        assert_eq!(rows, 2, "one row per started child");
-        drop(s);
-        let s = Store::open(&p).unwrap();
-        let (nodes, jobs) = s.load().unwrap();
-        let core2 = Core::restore(Config::default(), Time(7), nodes, jobs, Default::default());
-        core2.sanity_check();
+        // A started child is its own record (without the parent's spec), no child row.
+        assert_eq!((count(&s, "children"), count(&s, "jobs")), (0, 3));
+        let restored = |s: &Store| {
+            let (nodes, jobs) = s.load().unwrap();
+            let core2 = Core::restore(Config::default(), Time(7), nodes, jobs, Default::default());
+            core2.sanity_check();
+            core2
+        };
+        let core2 = restored(&s);
         let a = core2.job_info(id).unwrap().array.unwrap();
         assert_eq!((a.running, a.runnable), (2, 9_998));
+        assert_eq!(core2.job(id.child(1)).unwrap().spec.command, ["true"], "the spec comes from the parent");
+        // One child ends: its record goes, its end is one child row.
+        fx.0.clear();
+        let child = id.child(0);
+        core.on_agent(Time(8), &mut fx, node, launcher_proto::FromAgent::Started { job: child, attempt: 1 });
+        let status = launcher_proto::ExitStatus::Code(0);
+        core.on_agent(
+            Time(9),
+            &mut fx,
+            node,
+            launcher_proto::FromAgent::TaskExited { job: child, attempt: 1, rank: 0, status },
+        );
+        s.commit(&fx.0, true).unwrap();
+        assert_eq!((count(&s, "children"), count(&s, "jobs")), (1, 2));
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        let a = restored(&s).job_info(id).unwrap().array.unwrap();
+        assert_eq!((a.running, a.succeeded, a.runnable), (1, 1, 9_998));
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub fn restore_from(cfg: Config, now: Time, persisted: &[Record]) -> Core {
                 nodes.insert(n.id, n.clone());
             }
             Record::Event { .. } => {}
+            Record::RemoveJob(id) => {
+                jobs.remove(id);
+            }
             Record::Child { parent, pos, state, attempts, end } => {
                 if let Some(arr) = jobs.get_mut(parent).and_then(|j| j.array.as_mut()) {
                     arr.apply_child(*pos, *state, *attempts, end.clone());
