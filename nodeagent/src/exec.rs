@@ -46,8 +46,8 @@ pub struct TaskRun {
 pub struct JobRun {
     /// Tasks by global rank.
     pub tasks: BTreeMap<u32, TaskRun>,
-    /// Where the job's scratch files live (the script copy).
-    pub dir: Option<PathBuf>,
+    /// Where the job's scratch files live (the script copy, the output spool).
+    pub dir: Option<Arc<AttemptDir>>,
     /// The controller (or an abort) asked to stop the tasks.
     pub killing: bool,
     /// What `launcher exec` needs to run commands for this job here.
@@ -256,7 +256,7 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
     let spec = &msg.spec;
     // Per-attempt directory: the script copy and the output spool, made when
     // the first of them is written (a command with no output needs none).
-    let dir = attempt_dir(facts, msg.job, msg.attempt);
+    let dir = Arc::new(AttemptDir { path: attempt_dir(facts, msg.job, msg.attempt), made: Default::default() });
     table.lock().expect("job table lock").get_mut(&key).expect("inserted above").dir = Some(dir.clone());
     let account = facts.users.account_for(&spec.user, &facts.name);
     let prepared = account.clone().and_then(|acct| program_for(spec, &dir, acct.as_ref()));
@@ -796,7 +796,7 @@ fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
 /// written out once per attempt; run by its shebang, else by /bin/sh).
 fn program_for(
     spec: &launcher_proto::JobSpec,
-    dir: &Path,
+    dir: &AttemptDir,
     acct: Option<&crate::users::Account>,
 ) -> Result<(PathBuf, Vec<String>), String> {
     let Some(script) = &spec.script else {
@@ -804,8 +804,8 @@ fn program_for(
         return Ok((PathBuf::from(first), rest.to_vec()));
     };
     use std::os::unix::fs::PermissionsExt;
-    make_attempt_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join("script");
+    dir.make().map_err(|e| format!("cannot create {}: {e}", dir.path.display()))?;
+    let path = dir.path.join("script");
     std::fs::write(&path, script)
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
         .and_then(|()| match acct {
@@ -814,7 +814,7 @@ fn program_for(
             Some(a) => std::os::unix::fs::chown(&path, Some(a.uid), Some(a.gid)),
             None => Ok(()),
         })
-        .map_err(|e| format!("cannot write the job script under {}: {e}", dir.display()))?;
+        .map_err(|e| format!("cannot write the job script under {}: {e}", dir.path.display()))?;
     if script.starts_with("#!") {
         Ok((path, spec.command.clone()))
     } else {
@@ -853,18 +853,42 @@ fn record_exit(table: &JobTable, key: (JobId, u32), rank: u32, status: ExitStatu
     }
 }
 
-/// Create the attempt directory if it is not there yet: traversable (a task's
-/// user runs its script from here), not listable.
-fn make_attempt_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
-        Ok(()) => {
-            use std::os::unix::fs::PermissionsExt;
-            // The mode given to mkdir is masked by the umask; this one is not.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+/// An attempt's scratch directory, made when something is first written
+/// there: most array tasks never need one, and then cost no mkdir and no
+/// removal.
+#[derive(Debug)]
+pub struct AttemptDir {
+    /// `<state>/jobs/<job>.<attempt>`.
+    pub path: PathBuf,
+    /// Made (by us, in this agent's life).
+    made: std::sync::atomic::AtomicBool,
+}
+
+impl AttemptDir {
+    /// Create it if it is not there yet: traversable (a task's user runs its
+    /// script from here), not listable.
+    fn make(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::Ordering;
+        if self.made.load(Ordering::Acquire) {
+            return Ok(());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        match std::fs::DirBuilder::new().mode(0o711).create(&self.path) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                // The mode given to mkdir is masked by the umask; this one is not.
+                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        self.made.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether anything was written here.
+    fn is_made(&self) -> bool {
+        self.made.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -878,7 +902,7 @@ pub fn attempt_dir(facts: &NodeFacts, job: JobId, attempt: u32) -> PathBuf {
 /// the spool (with offsets) so output written while the controller was away
 /// is not lost.
 struct Spool {
-    dir: PathBuf,
+    dir: Arc<AttemptDir>,
     job: JobId,
     attempt: u32,
     rank: u32,
@@ -900,12 +924,12 @@ async fn pump(
     // private. Opened with the first byte: a silent task leaves no files.
     let open_spool = || {
         use std::os::unix::fs::OpenOptionsExt;
-        make_attempt_dir(&spool.dir)?;
+        spool.dir.make()?;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(spool.dir.join(spool_name(spool.rank, stream)))
+            .open(spool.dir.path.join(spool_name(spool.rank, stream)))
     };
     let mut spool_file: Option<std::fs::File> = None;
     let mut spool_failed = false;
@@ -963,7 +987,8 @@ pub fn spooled_output(table: &JobTable) -> Vec<FromAgent> {
         .expect("job table lock")
         .iter()
         .filter_map(|(&(job, attempt), run)| {
-            run.dir.clone().map(|d| (job, attempt, d, run.tasks.keys().copied().collect()))
+            let d = run.dir.as_ref().filter(|d| d.is_made())?;
+            Some((job, attempt, d.path.clone(), run.tasks.keys().copied().collect()))
         })
         .collect();
     let mut out = Vec::new();
@@ -1125,8 +1150,8 @@ pub fn forget(table: &JobTable, facts: &NodeFacts, job: JobId, attempt: u32) {
         if let Some(cs) = &facts.cpusets {
             cs.remove(job.0, attempt);
         }
-        if let Some(dir) = run.dir {
-            let _ = std::fs::remove_dir_all(dir);
+        if let Some(dir) = run.dir.filter(|d| d.is_made()) {
+            let _ = std::fs::remove_dir_all(&dir.path);
         }
     }
 }
