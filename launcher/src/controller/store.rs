@@ -229,6 +229,17 @@ impl Store {
                 _ => {}
             }
         }
+        // The built-in `default` compute environment and queue are never written
+        // unless changed; with anything else on record, `Core::restore` keeps
+        // only what is on record, so they come back here.
+        if !defs.ces.is_empty() || !defs.queues.is_empty() {
+            if !defs.ces.iter().any(|c| c.name == "default") {
+                defs.ces.push(launcher_core::default_ce());
+            }
+            if !defs.queues.iter().any(|q| q.name == "default") {
+                defs.queues.push(launcher_core::default_queue());
+            }
+        }
         Ok(defs)
     }
 
@@ -442,6 +453,28 @@ mod tests {
         let core2 = Core::restore(Config::default(), Time(6), nodes, jobs, Default::default());
         core2.sanity_check();
         assert_eq!(core2.job_infos(false).len(), 3);
+    }
+
+    #[test]
+    fn the_default_queue_and_compute_environment_survive_creating_others() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let mut core = Core::new(Config::default());
+        let mut fx = Fx::default();
+        let q = launcher_proto::QueueDef {
+            name: "research".into(),
+            priority: 5,
+            enabled: true,
+            ces: vec!["default".into()],
+            policy: None,
+        };
+        core.on_admin(Time(1), &mut fx, launcher_proto::AdminOp::QueueCreate(q)).unwrap();
+        let mut s = Store::open(&p).unwrap();
+        s.commit(&fx.0, true).unwrap();
+        let core2 = Core::restore(Config::default(), Time(2), vec![], vec![], s.load_defs().unwrap());
+        let ces: Vec<String> = core2.ce_infos().into_iter().map(|c| c.def.name).collect();
+        let queues: Vec<String> = core2.queue_infos().into_iter().map(|q| q.def.name).collect();
+        assert_eq!((ces, queues), (vec!["default".to_string()], vec!["research".to_string(), "default".to_string()]));
     }
 
     #[test]
