@@ -237,3 +237,75 @@ fn task_output_written_while_the_controller_is_down_is_not_lost() {
         assert_eq!(stderr(&out).lines().map(String::from).collect::<Vec<_>>(), want_err, "rank {rank} stderr");
     }
 }
+
+#[test]
+fn fair_share_history_survives_a_kill_9_of_the_controller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("controller");
+    let port = free_udp_port();
+    let mut procs = Killer(vec![start_controller(&state, port)]);
+    let cred = wait_for_cred(&state);
+    let ok = |args: &[&str]| {
+        let out = cli(&cred, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let show = |id: &str| -> serde_json::Value { serde_json::from_str(&ok(&["show", id, "--json"])).unwrap() };
+    let wait = |id: &str, what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = show(id);
+            if pred(&j) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} never got {what}: {j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let token = ok(&["token", "create"]);
+    procs.0.push(start_agent(port, &token, "n1", 2, &tmp.path().join("agent")));
+    ok(&["policy", "create", "fair", "--share-decay", "600"]);
+    ok(&["queue-admin", "create", "research", "--ce", "default", "--policy", "fair"]);
+
+    // teamA uses both CPUs for a second; teamB uses nothing.
+    let used = ok(&["submit", "--parsable", "-q", "research", "--share", "teamA", "-c", "2", "--", "sleep", "1"]);
+    wait(&used, "Succeeded", &|j| j["state"] == "Succeeded");
+    // The first change is saved at once (later ones at most every 10 s): wait
+    // until the snapshot is in the database, then kill the controller.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let db = rusqlite::Connection::open(state.join("state.db")).unwrap();
+        let hist: Option<f64> = rusqlite::OptionalExtension::optional(db.query_row(
+            "SELECT hist FROM share_usage WHERE queue = 'research' AND share = 'teamA'",
+            [],
+            |r| r.get(0),
+        ))
+        .unwrap();
+        if let Some(h) = hist {
+            assert!(h > 1.0, "2 CPUs for a second: {h} CPU-seconds");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fair-share history was never saved");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    procs.0[0].kill().unwrap(); // SIGKILL
+    procs.0[0].wait().unwrap();
+    procs.0[0] = start_controller(&state, port);
+
+    // A job in another queue holds the node while one job of each share waits,
+    // teamA's first: it would win a tie (earlier, and its name sorts first).
+    let go = tmp.path().join("go");
+    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", go.display());
+    let blocker = ok(&["submit", "--parsable", "-c", "2", "--", "sh", "-c", &hold]);
+    wait(&blocker, "Running", &|j| j["state"] == "Running");
+    let a = ok(&["submit", "--parsable", "-q", "research", "--share", "teamA", "-c", "2", "--", "true"]);
+    let b = ok(&["submit", "--parsable", "-q", "research", "--share", "teamB", "-c", "2", "--", "true"]);
+    let j = show(&a);
+    assert_eq!(j["reason"], "FairShare", "teamA's usage came back from before the crash: {j}");
+    assert!(j["reason_text"].as_str().unwrap().contains("above share \"teamB\""), "{j}");
+    std::fs::write(&go, b"").unwrap();
+    let done = |j: &serde_json::Value| j["state"] == "Succeeded";
+    let (ja, jb) = (wait(&a, "Succeeded", &done), wait(&b, "Succeeded", &done));
+    let start = |j: &serde_json::Value| j["start_time"].as_u64().unwrap_or_else(|| panic!("no start time: {j}"));
+    assert!(start(&jb) < start(&ja), "teamB, which used less, starts first: {jb} {ja}");
+}

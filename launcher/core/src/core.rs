@@ -5,7 +5,7 @@
 use crate::fence::FenceGather;
 use crate::job::{Alloc, ArrayState, ChildState, FailReason, Job, NodeRecord};
 use crate::retry::should_retry;
-use crate::sched::{Reservation, ShareUsage};
+use crate::sched::{Reservation, ShareHistory, ShareUsage};
 use crate::validate::validate_spec;
 use crate::Time;
 use launcher_proto::{
@@ -133,6 +133,9 @@ pub struct Defs {
     pub policies: Vec<PolicyDef>,
     /// Job definitions.
     pub jobdefs: Vec<JobDef>,
+    /// Fair-share history saved by [`Core::share_history`] (entries of queues
+    /// that no longer exist are ignored).
+    pub usage: Vec<ShareHistory>,
 }
 
 /// The only way out of the core.
@@ -270,6 +273,8 @@ pub struct Core {
     pub(crate) settle: bool,
     /// `never_fits` verdicts by (queue, nodes, CPUs per node, memory, GPUs, features).
     pub(crate) fits_cache: std::cell::RefCell<std::collections::HashMap<FitKey, Option<String>>>,
+    /// Bumped whenever fair-share history may have changed (see [`Core::share_history_version`]).
+    pub(crate) usage_version: u64,
     pub(crate) next_job: u64,
     pub(crate) next_node: u32,
     pub(crate) next_generation: u64,
@@ -326,6 +331,7 @@ impl Core {
             ended: Default::default(),
             settle: false,
             fits_cache: Default::default(),
+            usage_version: 0,
             next_job: 1,
             next_node: 1,
             next_generation: 1,
@@ -339,6 +345,8 @@ impl Core {
     /// unreachable at `now`: agents that come back within the node timeout
     /// re-report their tasks and keep them; the others' jobs fail.
     /// With no compute environment and no queue on record, the defaults stay.
+    /// Fair-share history comes back from `defs.usage`; the CPUs each share's
+    /// running jobs hold are counted again from the jobs.
     pub fn restore(cfg: Config, now: Time, nodes: Vec<NodeRecord>, jobs: Vec<Job>, defs: Defs) -> Self {
         let mut core = Core::new(cfg);
         if !defs.ces.is_empty() || !defs.queues.is_empty() {
@@ -358,6 +366,17 @@ impl Core {
         }
         for d in defs.jobdefs {
             core.jobdefs.insert((d.name.clone(), d.revision), d);
+        }
+        // History as it was measured: it decays from `at` to now when read.
+        for h in defs.usage {
+            if !(h.hist.is_finite() && h.hist > 0.0) {
+                continue;
+            }
+            if let Some(q) = core.queues.get_mut(&h.queue) {
+                let u = q.usage.entry(h.share).or_default();
+                u.hist = h.hist;
+                u.at = h.at;
+            }
         }
         for rec in nodes {
             core.next_node = core.next_node.max(rec.id.0 + 1);
@@ -1220,6 +1239,7 @@ impl Core {
             let u = q.usage.entry(share).or_default();
             u.running_cpus = u.running_cpus.saturating_sub(cpus);
             u.add_history(now, decay, cpus as f64 * (now.0.saturating_sub(started)) as f64 / 1e6);
+            self.usage_version += 1;
         }
         self.dirty = true;
 
@@ -1595,6 +1615,28 @@ impl Core {
                 jobs: n.jobs.iter().copied().collect(),
             })
             .collect()
+    }
+
+    /// The fair-share history worth keeping across a restart: every share of
+    /// every queue with usage left, by (queue, share): one entry per share
+    /// that ever ran.
+    pub fn share_history(&self) -> Vec<ShareHistory> {
+        let mut out = Vec::new();
+        for (qname, q) in &self.queues {
+            for (share, u) in &q.usage {
+                if u.hist > 0.0 {
+                    out.push(ShareHistory { queue: qname.clone(), share: share.clone(), hist: u.hist, at: u.at });
+                }
+            }
+        }
+        out
+    }
+
+    /// Changes whenever [`Core::share_history`] may have changed (an attempt
+    /// ended, a queue was deleted): a caller that saves snapshots compares
+    /// this number instead of building one after every event.
+    pub fn share_history_version(&self) -> u64 {
+        self.usage_version
     }
 
     /// Number of job records held in memory (plain, parents, active children).

@@ -312,6 +312,7 @@ impl Core {
                     ));
                 }
                 self.queues.remove(&name);
+                self.usage_version += 1;
                 fx.persist(Record::Deleted { kind: "queue", name: name.clone() });
                 format!("queue {name} deleted")
             }

@@ -35,7 +35,7 @@ pub use defs::{default_ce, default_queue, expand_hostlist, share_weight};
 pub use deps::MAX_DEPS;
 pub use job::{Alloc, ArrayState, ChildEnd, ChildState, FailReason, Job, NodeRecord};
 pub use retry::{glob_match, should_retry, validate_retry};
-pub use sched::{Reservation, NEVER};
+pub use sched::{Reservation, ShareHistory, NEVER};
 pub use validate::{validate_spec, MAX_ARRAY, MAX_NODES, MAX_TASKS};
 
 /// Microseconds since the Unix epoch. The driver maps the wall clock to it;

@@ -61,6 +61,22 @@ pub struct ShareUsage {
     pub at: Time,
 }
 
+/// The fair-share history of one share in one queue, as plain data: what the
+/// controller saves now and then and hands back to [`Core::restore`], so a
+/// restart does not forget who used the cluster. CPUs held by running jobs
+/// are not part of it: a restore counts them again from the running jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShareHistory {
+    /// The queue.
+    pub queue: String,
+    /// The share.
+    pub share: String,
+    /// Decayed CPU-seconds used by finished attempts, as of `at`.
+    pub hist: f64,
+    /// When `hist` was last decayed; it keeps decaying from here.
+    pub at: Time,
+}
+
 impl ShareUsage {
     fn decayed(&self, now: Time, decay_s: u64) -> f64 {
         if decay_s == 0 {

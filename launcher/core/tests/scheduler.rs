@@ -307,6 +307,46 @@ fn compute_reservation_keeps_room_for_shares_without_jobs() {
     assert!(l.iter().any(|(_, m)| m.job == late));
 }
 
+#[test]
+fn fair_share_history_survives_a_restart() {
+    let mut e = Env::new();
+    e.add_node("a", 4);
+    let fs = PolicyDef { name: "fs".into(), share_decay_s: 3600, compute_reservation: 0, shares: vec![] };
+    admin(&mut e, AdminOp::PolicyCreate(fs));
+    admin(&mut e, AdminOp::QueueCreate(queue("fair", 1, &["default"], Some("fs"))));
+    // Share "heavy" holds all 4 CPUs for 10 minutes.
+    let big = e.submit(JobSpec { queue: "fair".into(), share: Some("heavy".into()), ..spec(1, 4) });
+    assert_eq!(e.schedule(), 1);
+    let l = e.launches();
+    e.now = e.now.plus_ms(600_000);
+    let version = e.core.share_history_version();
+    finish(&mut e, &l, big, 0);
+    assert_ne!(e.core.share_history_version(), version, "an ended attempt tells the saver to look");
+    let saved = e.core.share_history();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!((saved[0].queue.as_str(), saved[0].share.as_str(), saved[0].at), ("fair", "heavy", e.now));
+    assert!((saved[0].hist - 2400.0).abs() < 1e-6, "4 CPUs x 600 s: {saved:?}");
+
+    // A restart 30 s later; "heavy" submits first, then "light". Which starts?
+    let later = e.now.plus_ms(30_000);
+    let first = |usage: Vec<launcher_core::ShareHistory>| {
+        let core = restore_with(e.core.config().clone(), later, &e.fx.persisted, usage.clone());
+        assert_eq!(core.share_history(), usage, "restored as measured (it decays when read)");
+        let mut r = Env { core, fx: Rec::default(), now: later, nodes: BTreeMap::new() };
+        r.add_node("a", 4);
+        let h = r.submit(JobSpec { queue: "fair".into(), share: Some("heavy".into()), ..spec(1, 4) });
+        r.submit(JobSpec { queue: "fair".into(), share: Some("light".into()), ..spec(1, 4) });
+        let why = r.core.job_info(h).unwrap().reason_text.unwrap_or_default();
+        assert_eq!(r.schedule(), 1);
+        (if r.launches()[0].1.job == h { "heavy" } else { "light" }, why)
+    };
+    let (went, why) = first(saved);
+    assert_eq!(went, "light", "the history came back: the share that used less goes first");
+    assert!(why.contains("share \"heavy\" has weighted usage 0.7, above share \"light\" (0.0)"), "{why}");
+    // Without it both shares look unused: the tie goes to the first name and the earlier job.
+    assert_eq!(first(Vec::new()).0, "heavy");
+}
+
 // ------------------------------------------------------------- dependencies
 
 #[test]

@@ -10,6 +10,11 @@
 //! news alone (task starts and ends) are committed without an fsync of their
 //! own; the next durable commit, or a sync at most `SYNC_WITHIN` later, puts
 //! them on disk (store.rs, Durability).
+//!
+//! Fair-share history changes with every finished attempt, which at array
+//! speeds is thousands of times a second; it is saved as one snapshot
+//! (`share_usage`) at most every [`USAGE_EVERY`] when it changed, and at a
+//! clean shutdown, so a crash forgets at most that much of it.
 
 use super::pki::{token_hash, Pki};
 use super::store::{CertIdentity, Store, SYNC_WITHIN};
@@ -21,11 +26,14 @@ use launcher_proto::{
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc::UnboundedSender, oneshot};
 
 /// `show --bindings` answers for this many of the newest jobs (job ids grow).
 const BINDINGS_KEPT: usize = 10_000;
+
+/// The longest a change of fair-share history waits to be saved.
+pub const USAGE_EVERY: Duration = Duration::from_secs(10);
 
 /// Identities of issued certificates, shared with the network layer.
 pub type Identities = Arc<RwLock<HashMap<[u8; 32], CertIdentity>>>;
@@ -124,15 +132,22 @@ impl Driver {
     /// Run until `Shutdown` or every sender is gone.
     pub fn run(mut self, rx: Receiver<Input>) {
         let mut agents: HashMap<NodeId, (u64, UnboundedSender<ToAgent>)> = HashMap::new();
-        let mut unsynced_since: Option<std::time::Instant> = None;
+        let mut unsynced_since: Option<Instant> = None;
+        // Fair-share history: the snapshot on disk, the core's version of it
+        // then, and when one was last taken (the first change is saved at once).
+        let mut usage_saved = self.core.share_history();
+        let mut usage_version = self.core.share_history_version();
+        let mut usage_checked: Option<Instant> = None;
         loop {
-            // Relaxed commits reach the disk within SYNC_WITHIN, even when nothing else happens.
-            let sync_at =
-                unsynced_since.map(|t| Time(now().0 + (SYNC_WITHIN.saturating_sub(t.elapsed())).as_micros() as u64));
-            let wake = match (self.core.next_timeout(), sync_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            let after = |since: Instant, within: Duration| {
+                Time(now().0 + within.saturating_sub(since.elapsed()).as_micros() as u64)
             };
+            // Relaxed commits reach the disk within SYNC_WITHIN, even when nothing else happens;
+            // changed fair-share history within USAGE_EVERY.
+            let sync_at = unsynced_since.map(|t| after(t, SYNC_WITHIN));
+            let usage_changed = self.core.share_history_version() != usage_version;
+            let usage_at = usage_checked.filter(|_| usage_changed).map(|t| after(t, USAGE_EVERY));
+            let wake = [self.core.next_timeout(), sync_at, usage_at].into_iter().flatten().min();
             let first = match wake {
                 Some(t) => {
                     let wait = Duration::from_micros(t.0.saturating_sub(now().0)).max(Duration::from_millis(1));
@@ -180,12 +195,24 @@ impl Driver {
             self.core.on_timeout(t, &mut fx);
             self.core.schedule(t, &mut fx);
             durable |= unsynced_since.is_some_and(|s| s.elapsed() >= SYNC_WITHIN);
-            let synced = self.store.commit(&fx.records, durable);
+            let mut saved = Ok(());
+            if self.core.share_history_version() != usage_version
+                && (stop || usage_checked.is_none_or(|c| c.elapsed() >= USAGE_EVERY))
+            {
+                usage_checked = Some(Instant::now());
+                usage_version = self.core.share_history_version();
+                let usage = self.core.share_history();
+                if usage != usage_saved {
+                    saved = self.store.save_share_usage(&usage);
+                    usage_saved = usage;
+                }
+            }
+            let synced = saved.and_then(|()| self.store.commit(&fx.records, durable));
             if synced.is_ok() {
                 if !self.store.unsynced() {
                     unsynced_since = None;
                 } else if unsynced_since.is_none() {
-                    unsynced_since = Some(std::time::Instant::now());
+                    unsynced_since = Some(Instant::now());
                 }
             }
             if let Err(e) = synced {

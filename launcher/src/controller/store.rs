@@ -1,12 +1,13 @@
 //! SQLite state: one row per job and node (postcard snapshots of the core's
 //! records), an append-only job event history, issued certificates and join
-//! tokens.
+//! tokens, and a snapshot of the fair-share history (`share_usage`, one row
+//! per queue and share, rewritten now and then by the driver).
 //!
 //! WAL with `synchronous=FULL`: a commit is on disk when `commit` returns.
 //! The driver calls `commit` once per batch of inputs (group commit), so many
 //! concurrent submissions share one fsync.
 
-use launcher_core::{ChildEnd, ChildState, Defs, Job, NodeRecord, Record};
+use launcher_core::{ChildEnd, ChildState, Defs, Job, NodeRecord, Record, ShareHistory, Time};
 use launcher_proto::{decode, encode};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ pub struct Store {
 }
 
 /// The layout of the tables this launcher reads and writes (`PRAGMA user_version`).
+/// `share_usage` came later without a bump: it is created where missing, and
+/// a launcher that does not know it leaves it alone.
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// The longest a relaxed commit waits for its fsync.
@@ -100,7 +103,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS certs (fingerprint TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS defs (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name));
-             CREATE TABLE IF NOT EXISTS children (parent INTEGER NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (parent, pos));",
+             CREATE TABLE IF NOT EXISTS children (parent INTEGER NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (parent, pos));
+             CREATE TABLE IF NOT EXISTS share_usage (queue TEXT NOT NULL, share TEXT NOT NULL, hist REAL NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (queue, share));",
         )?;
         if version < SCHEMA_VERSION {
             // New, or written before versions were recorded (the same tables).
@@ -224,7 +228,27 @@ impl Store {
         Ok(())
     }
 
-    /// Compute environments, queues, policies and job definitions.
+    /// Replace the saved fair-share history with `usage` (the whole of it:
+    /// shares not in it are forgotten). A relaxed commit, like agents' news:
+    /// on disk with the next durable commit or [`Store::sync`].
+    pub fn save_share_usage(&mut self, usage: &[ShareHistory]) -> Result<(), StoreError> {
+        self.set_relaxed(true)?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM share_usage", [])?;
+        {
+            let mut put =
+                tx.prepare_cached("INSERT INTO share_usage (queue, share, hist, at) VALUES (?1, ?2, ?3, ?4)")?;
+            for u in usage {
+                put.execute(params![u.queue, u.share, u.hist, u.at.0 as i64])?;
+            }
+        }
+        tx.commit()?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Compute environments, queues, policies, job definitions and the saved
+    /// fair-share history.
     pub fn load_defs(&self) -> Result<Defs, StoreError> {
         let mut defs = Defs::default();
         let mut st = self.conn.prepare("SELECT kind, data FROM defs ORDER BY kind, name")?;
@@ -241,6 +265,27 @@ impl Store {
                 _ => {}
             }
         }
+        // The built-in `default` compute environment and queue are never written
+        // unless changed; with anything else on record, `Core::restore` keeps
+        // only what is on record, so they come back here.
+        if !defs.ces.is_empty() || !defs.queues.is_empty() {
+            if !defs.ces.iter().any(|c| c.name == "default") {
+                defs.ces.push(launcher_core::default_ce());
+            }
+            if !defs.queues.iter().any(|q| q.name == "default") {
+                defs.queues.push(launcher_core::default_queue());
+            }
+        }
+        let mut st = self.conn.prepare("SELECT queue, share, hist, at FROM share_usage ORDER BY queue, share")?;
+        let rows = st.query_map([], |r| {
+            Ok(ShareHistory {
+                queue: r.get(0)?,
+                share: r.get(1)?,
+                hist: r.get(2)?,
+                at: Time(r.get::<_, i64>(3)? as u64),
+            })
+        })?;
+        defs.usage = rows.collect::<Result<_, _>>()?;
         Ok(defs)
     }
 
@@ -492,6 +537,58 @@ mod tests {
         let core2 = Core::restore(Config::default(), Time(6), nodes, jobs, Default::default());
         core2.sanity_check();
         assert_eq!(core2.job_infos(false).len(), 3);
+    }
+
+    #[test]
+    fn fair_share_history_is_replaced_whole_and_comes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let h = |queue: &str, share: &str, hist: f64, at: u64| ShareHistory {
+            queue: queue.into(),
+            share: share.into(),
+            hist,
+            at: Time(at),
+        };
+        let mut s = Store::open(&p).unwrap();
+        assert!(s.load_defs().unwrap().usage.is_empty());
+        s.save_share_usage(&[h("fair", "old", 1.0, 5)]).unwrap();
+        let usage = vec![h("fair", "teamA", 2400.125, 1_700_000_000_000_000), h("research", "", 0.5, 7)];
+        s.save_share_usage(&usage).unwrap();
+        assert!(s.unsynced(), "a relaxed commit: synced with the next durable one");
+        s.commit(&[], true).unwrap();
+        assert!(!s.unsynced());
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.load_defs().unwrap().usage, usage, "exactly the last snapshot, bit for bit");
+        drop(s);
+        // A database from before the table existed (same user_version) opens and gains it.
+        Connection::open(&p).unwrap().execute_batch("DROP TABLE share_usage").unwrap();
+        let mut s = Store::open(&p).unwrap();
+        assert!(s.load_defs().unwrap().usage.is_empty());
+        s.save_share_usage(&usage[..1]).unwrap();
+        assert_eq!(s.load_defs().unwrap().usage, usage[..1]);
+    }
+
+    #[test]
+    fn the_default_queue_and_compute_environment_survive_creating_others() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let mut core = Core::new(Config::default());
+        let mut fx = Fx::default();
+        let q = launcher_proto::QueueDef {
+            name: "research".into(),
+            priority: 5,
+            enabled: true,
+            ces: vec!["default".into()],
+            policy: None,
+        };
+        core.on_admin(Time(1), &mut fx, launcher_proto::AdminOp::QueueCreate(q)).unwrap();
+        let mut s = Store::open(&p).unwrap();
+        s.commit(&fx.0, true).unwrap();
+        let core2 = Core::restore(Config::default(), Time(2), vec![], vec![], s.load_defs().unwrap());
+        let ces: Vec<String> = core2.ce_infos().into_iter().map(|c| c.def.name).collect();
+        let queues: Vec<String> = core2.queue_infos().into_iter().map(|q| q.def.name).collect();
+        assert_eq!((ces, queues), (vec!["default".to_string()], vec!["research".to_string(), "default".to_string()]));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! message goes through the real codec) and an environment with a clock.
 #![allow(dead_code)]
 
-use launcher_core::{Config, Core, Effects, Record, SubmitOutcome, Time};
+use launcher_core::{Config, Core, Effects, Record, ShareHistory, SubmitOutcome, Time};
 use launcher_proto::{
     decode, encode, ExitStatus, FromAgent, Inventory, JobId, JobReport, JobSpec, JobState, NodeId, RegisterMsg, ToAgent,
 };
@@ -149,6 +149,11 @@ impl Env {
 
 /// Rebuild a core from everything persisted so far, as the store would after a crash.
 pub fn restore_from(cfg: Config, now: Time, persisted: &[Record]) -> Core {
+    restore_with(cfg, now, persisted, Vec::new())
+}
+
+/// The same, with a saved fair-share history ([`Core::share_history`]).
+pub fn restore_with(cfg: Config, now: Time, persisted: &[Record], usage: Vec<ShareHistory>) -> Core {
     let mut jobs: BTreeMap<JobId, launcher_core::Job> = BTreeMap::new();
     let mut nodes = BTreeMap::new();
     let mut defs = launcher_core::Defs::default();
@@ -202,5 +207,6 @@ pub fn restore_from(cfg: Config, now: Time, persisted: &[Record]) -> Core {
     defs.queues = queues.into_values().collect();
     defs.policies = policies.into_values().collect();
     defs.jobdefs = jobdefs.into_values().collect();
+    defs.usage = usage;
     Core::restore(cfg, now, nodes.into_values().collect(), jobs.into_values().collect(), defs)
 }
