@@ -37,7 +37,18 @@ fn main() {
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let part = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Command::new(bin())
+    let mut up = Command::new(bin());
+    // The cluster as a user starts it from a shell: without what cargo adds to
+    // our environment. Tasks inherit the agents' variables, and cargo's
+    // LD_LIBRARY_PATH alone sends the loader of every `true` through a dozen
+    // failed opens in target/ before it finds libc.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO") || k.starts_with("RUSTUP") || k == "LD_LIBRARY_PATH" {
+            up.env_remove(&*k);
+        }
+    }
+    let mut up = up
         .args(["up", "--nodes", "4", "--cpus-per-node", "2", "--state-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())
