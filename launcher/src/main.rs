@@ -253,6 +253,9 @@ fn main() {
             code
         }
     };
+    // The runtime's workers send the CONNECTION_CLOSE of the clients just
+    // dropped (see `Client`'s Drop) in microseconds: give them that long.
+    std::thread::sleep(std::time::Duration::from_micros(300));
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
 }

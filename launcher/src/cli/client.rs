@@ -157,6 +157,15 @@ impl Client {
     }
 }
 
+impl Drop for Client {
+    /// Tell the controller we are gone (a CONNECTION_CLOSE, sent when the
+    /// runtime next polls the connection): otherwise it keeps the connection,
+    /// with keep-alives, until the idle timeout, for every CLI call made.
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+}
+
 /// Turn a `Response::Error` into a CLI error with the right exit code.
 pub fn check(resp: Response) -> Result<Response> {
     match resp {

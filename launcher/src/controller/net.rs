@@ -143,7 +143,10 @@ async fn connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<()> {
             loop {
                 let (send, recv) = match conn.accept_bi().await {
                     Ok(x) => x,
-                    Err(_) => return Ok(()),
+                    Err(e) => {
+                        tracing::debug!(client = %id.name, "client connection ended: {e}");
+                        return Ok(());
+                    }
                 };
                 let (ctx, id) = (ctx.clone(), id.clone());
                 tokio::spawn(async move {
