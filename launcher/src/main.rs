@@ -217,18 +217,26 @@ enum UserCmd {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    // A reader that goes away (`launcher queue | head`) ends us quietly, as for any Unix tool.
+/// A reader that goes away (`launcher queue | head`) ends a CLI command
+/// quietly, as for any Unix tool. Not the daemons: `serve`, `up` and the agent
+/// keep Rust's ignored SIGPIPE, so a closed stderr (a `| head` that is gone, a
+/// restarted journal) cannot kill them before they tear down (`up` left its
+/// network namespaces behind). Their children get the default back at exec.
+fn default_sigpipe() {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+fn main() {
     // `launcher exec` takes ssh-style arguments (`-x HOST CMD...`) that clap would
     // refuse as unknown options: parse them ourselves; clap only renders its --help.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("exec")
         && !matches!(argv.get(2).map(String::as_str), None | Some("-h" | "--help"))
     {
+        default_sigpipe();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         let code = rt.block_on(nodeagent::remote::client(&argv[2..])).unwrap_or_else(|e| {
             eprintln!("launcher exec: {e:#}");
@@ -238,6 +246,9 @@ fn main() {
     }
     let cli = Cli::parse();
     let quiet = matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Agent(_));
+    if !quiet && !matches!(cli.cmd, Cmd::Up(_)) {
+        default_sigpipe();
+    }
     nodeagent::init_tracing(if quiet { "info" } else { "warn" });
     let rt = if matches!(cli.cmd, Cmd::Agent(_)) {
         // The agent on one thread: see nodeagent's main for why.
