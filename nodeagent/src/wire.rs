@@ -41,12 +41,6 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s is a valid idle timeout")));
     t.max_concurrent_bidi_streams(4096u32.into());
     t.max_concurrent_uni_streams(1024u32.into());
-    // Ask the peer for an ACK every 16 packets (or 25 ms), not every other
-    // one: under an array's thousands of messages a second, ACKs were a
-    // third of the datagrams. Data is never held back by this, only ACKs.
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(15u32.into());
-    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 
