@@ -211,12 +211,6 @@ enum UserCmd {
     },
 }
 
-/// mimalloc: the controller and agent allocate and free small objects at
-/// thousands of jobs a second across threads, where glibc's arenas spent a
-/// tenth of their CPU (and grew and trimmed their heaps with mprotect).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A reader that goes away (`launcher queue | head`) ends a CLI command
 /// quietly, as for any Unix tool. Not the daemons: `serve`, `up` and the agent
 /// keep Rust's ignored SIGPIPE, so a closed stderr (a `| head` that is gone, a
