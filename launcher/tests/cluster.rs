@@ -189,3 +189,39 @@ fn users_may_cancel_only_their_own_jobs() {
         assert!(["Cancelled", "Failed"].contains(&j["state"].as_str().unwrap()), "{j}");
     }
 }
+
+/// Nobody reads `up`'s stderr any more (`launcher up ... 2>&1 | head -1`):
+/// it still runs its command to the end and tears its namespaces down.
+#[test]
+fn up_runs_its_command_and_tears_down_when_its_stderr_is_closed() {
+    if let Some(why) = common::netns_unavailable() {
+        println!("SKIP: multi-node namespace test needs root and iproute2: {why}");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let done = d.path().join("done");
+    let mut up = std::process::Command::new(common::bin())
+        .args(["up", "--nodes", "2", "--state-dir"])
+        .arg(d.path().join("state"))
+        .args(["--", "sh", "-c", r#"sleep 1; launcher nodes --json > "$1""#, "sh"])
+        .arg(&done)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line (it names the bridge), then close the pipe.
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(up.stderr.take().unwrap());
+        r.read_line(&mut first).unwrap();
+    }
+    let status = up.wait().unwrap();
+    assert!(status.success(), "up ended with {status} after its stderr closed; first line: {first}");
+    let nodes: serde_json::Value = serde_json::from_slice(&std::fs::read(&done).unwrap()).unwrap();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(2), "the command ran against the cluster: {nodes}");
+    let bridge = first.split("bridge ").nth(1).and_then(|s| s.split_whitespace().next()).expect("bridge named");
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(bridge), "bridge {bridge} left behind");
+}

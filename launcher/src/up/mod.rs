@@ -17,6 +17,15 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// A line on stderr that cannot fail: `up` must run its command and tear
+/// down even when nobody reads its stderr any more (`... 2>&1 | head -1`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Options of `launcher up`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
@@ -80,7 +89,7 @@ impl LocalCluster {
             && match netns::available() {
                 Ok(()) => true,
                 Err(why) => {
-                    eprintln!("launcher up: not using network namespaces ({why}); agents share loopback");
+                    say!("launcher up: not using network namespaces ({why}); agents share loopback");
                     false
                 }
             };
@@ -230,10 +239,10 @@ pub async fn up(args: UpArgs) -> Result<i32> {
         Some(ns) => format!("each in its own network namespace on bridge {} ({}/24)", ns.bridge_name(), ns.gateway()),
         None => "on loopback".into(),
     };
-    eprintln!("launcher up: controller + {} node agents running, {mode}", args.nodes);
+    say!("launcher up: controller + {} node agents running, {mode}", args.nodes);
     let code = if args.command.is_empty() {
-        eprintln!("launcher up: point the CLI at it with:\n  export LAUNCHER_CRED={}", cred.display());
-        eprintln!("launcher up: Ctrl-C tears the cluster down");
+        say!("launcher up: point the CLI at it with:\n  export LAUNCHER_CRED={}", cred.display());
+        say!("launcher up: Ctrl-C tears the cluster down");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -255,7 +264,7 @@ pub async fn up(args: UpArgs) -> Result<i32> {
             .with_context(|| format!("cannot run {}", args.command[0]))?;
         status.code().unwrap_or(1)
     };
-    eprintln!("launcher up: tearing down");
+    say!("launcher up: tearing down");
     tokio::task::block_in_place(|| cluster.teardown());
     Ok(code)
 }
