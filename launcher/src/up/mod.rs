@@ -7,6 +7,16 @@
 //! distinct names and state directories. Ctrl-C, SIGTERM, or the end of the
 //! `-- CMD` given tears everything down, namespaces included.
 
+/// A line on stderr that cannot fail: `up` (its teardown in [`netns`] too)
+/// must run its command and tear down even when nobody reads its stderr any
+/// more (`... 2>&1 | head -1`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub mod netns;
 
 use crate::controller::{self, driver::Input, ServeConfig};
@@ -16,15 +26,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
-
-/// A line on stderr that cannot fail: `up` must run its command and tear
-/// down even when nobody reads its stderr any more (`... 2>&1 | head -1`).
-macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
 
 /// Options of `launcher up`.
 #[derive(clap::Args, Debug, Clone)]

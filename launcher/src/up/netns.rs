@@ -296,7 +296,7 @@ impl NetnsCluster {
         remove_tag_resources(&self.ip, &self.tag);
         if let Err(e) = fs::remove_file(&self.pid_file) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("netns teardown: removing {}: {e}", self.pid_file.display());
+                say!("netns teardown: removing {}: {e}", self.pid_file.display());
             }
         }
     }
@@ -492,7 +492,7 @@ fn remove_stale_clusters(ip: &Path) {
         remove_tag_resources(ip, &tag);
         if let Err(e) = fs::remove_file(&pid_file) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("netns: removing stale {}: {e}", pid_file.display());
+                say!("netns: removing stale {}: {e}", pid_file.display());
             }
         }
     }
@@ -523,7 +523,7 @@ fn delete_link(ip: &Path, name: &str) {
     cmd.args(["link", "del", name]);
     if let Err(e) = run(&mut cmd) {
         if Path::new("/sys/class/net").join(name).exists() {
-            eprintln!("netns teardown: {e:#}");
+            say!("netns teardown: {e:#}");
         }
     }
 }
@@ -536,7 +536,7 @@ fn delete_netns(ip: &Path, name: &str) {
     let mut cmd = Command::new(ip);
     cmd.args(["netns", "del", name]);
     if let Err(e) = run(&mut cmd) {
-        eprintln!("netns teardown: {e:#}");
+        say!("netns teardown: {e:#}");
     }
 }
 
