@@ -60,6 +60,22 @@ fn each_rank_runs_on_the_cpus_its_binding_reports() {
     let (printed, reported) = affinity_run(&c, &["--cpu-bind", "none"]);
     assert_eq!(printed[&0], printed[&1]);
     assert_eq!(reported[&0], "");
+    // The plan's variables are hints: the user's --env wins, once.
+    let out = c.cli(&[
+        "run",
+        "--cpu-bind",
+        "cores",
+        "--env",
+        "LAUNCHER_CPUS=mine",
+        "--",
+        "sh",
+        "-c",
+        "env | grep ^LAUNCHER_CPUS=",
+    ]);
+    assert_eq!(stdout(&out).trim(), "LAUNCHER_CPUS=mine", "{}", stderr(&out));
+    let out = c.cli(&["run", "--cpu-bind", "cores", "--", "sh", "-c", "env | grep ^LAUNCHER_CPUS="]);
+    let cpus = stdout(&out).trim().strip_prefix("LAUNCHER_CPUS=").map(str::to_string);
+    assert!(cpus.is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())), "{}", stderr(&out));
 }
 
 #[test]

@@ -360,9 +360,9 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
         // user's --env, the account, PMI and mpirun variables; later wins.
         let mut env = Env::inherited();
         put_task_env(&msg, facts, rank, task.local_rank, |k, v| env.set(k, v));
-        env.extend(placed.env.iter().cloned());
-        // The user's --env wins over the plan's hints too.
-        env.extend(spec.env.iter().cloned());
+        // The plan's hints, where the user's --env (set last above) has no word.
+        let user_sets = |k: &str| spec.env.iter().any(|(name, _)| name == k);
+        env.extend(placed.env.iter().filter(|(k, _)| !user_sets(k)).cloned());
         if let Some(a) = &account {
             env.extend([("USER", &a.name), ("LOGNAME", &a.name), ("HOME", &a.home), ("SHELL", &a.shell)]);
         }
@@ -381,7 +381,6 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
             // its pmix/flux component loads ours (docs/mpi.md). MPICH ignores both.
             // The user's --env wins, as for every variable.
             if let Some(lib) = pmi_library() {
-                let user_sets = |k: &str| spec.env.iter().any(|(name, _)| name == k);
                 if !user_sets("FLUX_JOB_ID") {
                     env.set("FLUX_JOB_ID", msg.job.0.to_string());
                 }
