@@ -314,21 +314,19 @@ impl Store {
     /// Everything needed to rebuild the core.
     pub fn load(&self) -> Result<(Vec<NodeRecord>, Vec<Job>), StoreError> {
         let nodes: Vec<NodeRecord> = self.decode_rows("nodes")?;
-        let mut jobs: Vec<Job> = self.decode_rows("jobs")?;
         // Records of ended array children, which earlier versions kept: the
         // parent's byte says all there is, so they go (in one transaction).
-        let ended: Vec<u64> =
-            jobs.iter().filter(|j| j.id.index().is_some() && j.state.is_terminal()).map(|j| j.id.0).collect();
+        let (ended, mut jobs): (Vec<Job>, Vec<Job>) =
+            self.decode_rows::<Job>("jobs")?.into_iter().partition(|j| j.id.index().is_some() && j.state.is_terminal());
         if !ended.is_empty() {
             let tx = self.conn.unchecked_transaction()?;
             {
                 let mut del = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
-                for id in &ended {
-                    del.execute([*id as i64])?;
+                for j in &ended {
+                    del.execute([j.id.0 as i64])?;
                 }
             }
             tx.commit()?;
-            jobs.retain(|j| !(j.id.index().is_some() && j.state.is_terminal()));
         }
         // Array children changed since their parent's record was written.
         let by_id: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.0, i)).collect();
@@ -517,6 +515,42 @@ mod tests {
         let s = Store::open(&p).unwrap();
         let a = restored(&s).job_info(id).unwrap().array.unwrap();
         assert_eq!((a.running, a.succeeded, a.runnable), (1, 1, 9_998));
+    }
+
+    #[test]
+    fn ended_child_records_of_older_versions_go_on_load() {
+        use launcher_proto::{JobId, JobState};
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&d.path().join("state.db")).unwrap();
+        let job = |id: JobId, state: JobState| {
+            Record::Job(Box::new(Job {
+                id,
+                spec: JobSpec::default(),
+                key: None,
+                state,
+                attempt: 1,
+                alloc: vec![],
+                exits: Default::default(),
+                fail: None,
+                killing: None,
+                submit_time: 1,
+                start_time: None,
+                end_time: None,
+                exit_code: state.is_terminal().then_some(0),
+                array: None,
+            }))
+        };
+        let recs = [
+            job(JobId(7), JobState::Succeeded),
+            job(JobId(7).child(1), JobState::Succeeded),
+            job(JobId(7).child(2), JobState::Running),
+        ];
+        s.commit(&recs, true).unwrap();
+        let (_, jobs) = s.load().unwrap();
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids, [JobId(7), JobId(7).child(2)], "the ended child's record is dropped, the rest kept");
+        let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2, "and deleted from the table");
     }
 
     #[test]
