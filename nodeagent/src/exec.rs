@@ -502,11 +502,7 @@ pub(crate) struct BaseEnv {
 /// FNV-1a: short keys, no hostile input worth a keyed hash (a task only
 /// slows its own start), and far cheaper than SipHash for ~100 keys a task.
 fn key_hash(k: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in k {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h as usize
+    crate::remote::fnv1a(k) as usize
 }
 
 impl Env {

@@ -122,8 +122,9 @@ fn hostfiles(msg: &LaunchMsg) -> (String, String) {
     (ompi, mpich)
 }
 
-/// 64-bit FNV-1a: stable across runs, for hostfile names.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a: stable across runs, for hostfile names (and cheap, for
+/// the index of a task's environment in exec.rs).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
