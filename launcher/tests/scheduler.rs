@@ -291,14 +291,14 @@ fn a_disabled_queue_holds_its_jobs_until_enabled() {
     let id = c.submit(&["-q", "batch", "--", "true"]);
     let j = c.wait_for(&id, T, "reason QueueDisabled", |j| reason(j) == "QueueDisabled");
     assert_eq!(state(&j), "Runnable");
-    assert!(j["reason_text"].as_str().unwrap().contains("queue-admin update batch --enable"), "{j}");
+    assert!(j["reason_text"].as_str().unwrap().contains("queue-admin enable batch"), "{j}");
     // The cluster is idle, yet it stays.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(state(&c.show(&id)), "Runnable");
     let q = c.json(&["queue-admin", "show", "batch", "--json"]);
     assert_eq!((q["def"]["enabled"].as_bool(), q["waiting"].as_u64()), (Some(false), Some(1)), "{q}");
 
-    let out = c.cli(&["queue-admin", "update", "batch", "--enable"]);
+    let out = c.cli(&["queue-admin", "enable", "batch"]);
     assert!(stdout(&out).contains("ENABLED"), "{}", stdout(&out));
     assert_eq!(state(&c.wait_job(&id, T)), "Succeeded");
 
@@ -351,6 +351,8 @@ fn fair_share_splits_slots_by_weight_and_keeps_a_compute_reservation() {
     };
     admin(&["policy", "create", "fair", "--share-decay", "0", "--share", "teamA=0.5", "--share", "teamB=1"]);
     admin(&["queue-admin", "create", "research", "--ce", "default", "--policy", "fair"]);
+    let p = c.json(&["policy", "show", "fair", "--json"]);
+    assert_eq!((p["share_decay_s"].as_u64(), p["shares"][0]["weight_x10k"].as_u64()), (Some(0), Some(5_000)), "{p}");
     let go = tmp.path().join("go");
     let hold = hold_until(&tmp.path().join("end"));
     let blocker = c.submit(&["-q", "research", "--share", "teamB", "-c", "8", "--", "sh", "-c", &hold_until(&go)]);
@@ -400,8 +402,16 @@ fn a_job_no_compute_environment_can_hold_waits_until_one_can() {
     let j = c.wait_for(&id, T, "reason NoEligibleNodes", |j| reason(j) == "NoEligibleNodes");
     assert_eq!(state(&j), "Runnable");
     assert!(j["reason_text"].as_str().unwrap().contains("needs 2 node(s)"), "{j}");
-    // Growing the compute environment makes it eligible, and it runs.
+    // Growing a disabled compute environment is not enough: the job waits
+    // for it to be enabled again, and then runs.
+    assert!(c.cli(&["ce", "disable", "small"]).status.success());
     assert!(c.cli(&["ce", "update", "small", "--nodes", "node[1-2]"]).status.success());
+    let j = c.wait_for(&id, T, "reason Resources", |j| reason(j) == "Resources");
+    assert!(j["reason_text"].as_str().unwrap().contains("`launcher ce enable CE`"), "{j}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(&c.show(&id)), "Runnable", "a disabled compute environment starts nothing");
+    let out = c.cli(&["ce", "enable", "small"]);
+    assert!(stdout(&out).contains("ENABLED"), "{}", stdout(&out));
     let j = c.wait_job(&id, T);
     assert_eq!(state(&j), "Succeeded", "{j}");
     let ce = c.json(&["ce", "show", "small", "--json"]);

@@ -254,10 +254,11 @@ impl Core {
                     return Err(format!("no compute environment {:?}", def.name));
                 }
                 let name = def.name.clone();
+                let state = if def.enabled { "ENABLED" } else { "DISABLED" };
                 fx.persist(Record::Ce(def.clone()));
                 self.install_ce(def);
                 self.requeue_all();
-                format!("compute environment {name} updated")
+                format!("compute environment {name} updated ({state})")
             }
             AdminOp::CeDelete(name) => {
                 if !self.ces.contains_key(&name) {

@@ -867,7 +867,7 @@ impl Core {
             return (
                 Some("QueueDisabled".into()),
                 Some(format!(
-                    "queue {} is DISABLED; jobs wait until an admin runs `launcher queue-admin update {} --enable`",
+                    "queue {} is DISABLED; jobs wait until an admin runs `launcher queue-admin enable {}`",
                     q.def.name, q.def.name
                 )),
             );
@@ -875,7 +875,10 @@ impl Core {
         if q.def.ces.iter().all(|c| !self.ces.get(c).is_some_and(|c| c.enabled)) {
             return (
                 Some("Resources".into()),
-                Some(format!("every compute environment of queue {} is DISABLED", q.def.name)),
+                Some(format!(
+                    "every compute environment of queue {} is DISABLED; jobs wait until an admin enables one (`launcher ce enable CE`)",
+                    q.def.name
+                )),
             );
         }
         if let (Some(aspec), Some(live)) = (job.spec.array.as_ref(), self.arrays.get(&id)) {

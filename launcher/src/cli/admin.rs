@@ -45,6 +45,16 @@ pub enum CeCmd {
         #[arg(long)]
         disable: bool,
     },
+    /// ENABLE a compute environment (same as `update NAME --enable`).
+    Enable {
+        /// Name.
+        name: String,
+    },
+    /// DISABLE a compute environment: running jobs go on, no new ones start there (same as `update NAME --disable`).
+    Disable {
+        /// Name.
+        name: String,
+    },
     /// Delete a compute environment no queue uses.
     Delete {
         /// Name.
@@ -91,7 +101,7 @@ impl CeSelect {
     }
 }
 
-/// `queue-admin create|update|delete|list|show`.
+/// `queue-admin create|update|enable|disable|delete|list|show`.
 #[derive(clap::Subcommand, Debug)]
 pub enum QueueCmd {
     /// Create a job queue.
@@ -134,6 +144,16 @@ pub enum QueueCmd {
         #[arg(long)]
         disable: bool,
     },
+    /// ENABLE a queue (same as `update NAME --enable`).
+    Enable {
+        /// Name.
+        name: String,
+    },
+    /// DISABLE a queue: its jobs stay RUNNABLE (reason QueueDisabled); running ones go on (same as `update NAME --disable`).
+    Disable {
+        /// Name.
+        name: String,
+    },
     /// Delete a queue with no waiting or running jobs.
     Delete {
         /// Name.
@@ -155,7 +175,7 @@ pub enum QueueCmd {
     },
 }
 
-/// `policy create|update|delete|list`.
+/// `policy create|update|delete|list|show`.
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Create a fair-share policy.
@@ -179,6 +199,14 @@ pub enum PolicyCmd {
     },
     /// List policies.
     List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one policy.
+    Show {
+        /// Name.
+        name: String,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -281,6 +309,42 @@ fn selector_text(s: &NodeSelector) -> String {
     }
 }
 
+async fn ce_named(client: &Client, name: &str) -> Result<CeInfo> {
+    ces(client)
+        .await?
+        .into_iter()
+        .find(|c| c.def.name == name)
+        .ok_or_else(|| usage(format!("no compute environment {name:?} (see `launcher ce list`)")))
+}
+
+async fn queue_named(client: &Client, name: &str) -> Result<QueueInfo> {
+    queues(client)
+        .await?
+        .into_iter()
+        .find(|q| q.def.name == name)
+        .ok_or_else(|| usage(format!("no queue {name:?} (see `launcher queue-admin list`)")))
+}
+
+async fn policy_named(client: &Client, name: &str) -> Result<PolicyDef> {
+    policies(client)
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| usage(format!("no policy {name:?} (see `launcher policy list`)")))
+}
+
+async fn set_ce_enabled(client: &Client, name: &str, enabled: bool) -> Result<i32> {
+    let mut def = ce_named(client, name).await?.def;
+    def.enabled = enabled;
+    done(client, AdminOp::CeUpdate(def)).await
+}
+
+async fn set_queue_enabled(client: &Client, name: &str, enabled: bool) -> Result<i32> {
+    let mut def = queue_named(client, name).await?.def;
+    def.enabled = enabled;
+    done(client, AdminOp::QueueUpdate(def)).await
+}
+
 /// `launcher ce ...`.
 pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
     let client = Client::connect(cred).await?;
@@ -291,13 +355,10 @@ pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
             let strategy: Strategy = strategy.parse().map_err(usage)?;
             done(&client, AdminOp::CeCreate(CeDef { name, enabled: !disabled, selector, strategy })).await
         }
+        CeCmd::Enable { name } => set_ce_enabled(&client, &name, true).await,
+        CeCmd::Disable { name } => set_ce_enabled(&client, &name, false).await,
         CeCmd::Update { name, sel, strategy, enable, disable } => {
-            let mut def = ces(&client)
-                .await?
-                .into_iter()
-                .find(|c| c.def.name == name)
-                .ok_or_else(|| usage(format!("no compute environment {name:?} (see `launcher ce list`)")))?
-                .def;
+            let mut def = ce_named(&client, &name).await?.def;
             if let Some(s) = sel.selector()? {
                 def.selector = s;
             }
@@ -333,11 +394,7 @@ pub async fn ce(cred: Option<PathBuf>, cmd: CeCmd) -> Result<i32> {
             Ok(exit::OK)
         }
         CeCmd::Show { name, json } => {
-            let c = ces(&client)
-                .await?
-                .into_iter()
-                .find(|c| c.def.name == name)
-                .ok_or_else(|| usage(format!("no compute environment {name:?} (see `launcher ce list`)")))?;
+            let c = ce_named(&client, &name).await?;
             if json {
                 print_json(&c)?;
             } else {
@@ -375,13 +432,10 @@ pub async fn queue_admin(cred: Option<PathBuf>, cmd: QueueCmd) -> Result<i32> {
         QueueCmd::Create { name, priority, ce, policy, disabled } => {
             done(&client, AdminOp::QueueCreate(QueueDef { name, priority, enabled: !disabled, ces: ce, policy })).await
         }
+        QueueCmd::Enable { name } => set_queue_enabled(&client, &name, true).await,
+        QueueCmd::Disable { name } => set_queue_enabled(&client, &name, false).await,
         QueueCmd::Update { name, priority, ce, policy, fifo, enable, disable } => {
-            let mut def = queues(&client)
-                .await?
-                .into_iter()
-                .find(|q| q.def.name == name)
-                .ok_or_else(|| usage(format!("no queue {name:?} (see `launcher queue-admin list`)")))?
-                .def;
+            let mut def = queue_named(&client, &name).await?.def;
             if let Some(p) = priority {
                 def.priority = p;
             }
@@ -416,11 +470,7 @@ pub async fn queue_admin(cred: Option<PathBuf>, cmd: QueueCmd) -> Result<i32> {
             Ok(exit::OK)
         }
         QueueCmd::Show { name, json } => {
-            let q = queues(&client)
-                .await?
-                .into_iter()
-                .find(|q| q.def.name == name)
-                .ok_or_else(|| usage(format!("no queue {name:?} (see `launcher queue-admin list`)")))?;
+            let q = queue_named(&client, &name).await?;
             if json {
                 print_json(&q)?;
             } else {
@@ -464,11 +514,7 @@ pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
             done(&client, AdminOp::PolicyCreate(def)).await
         }
         PolicyCmd::Update { name, p } => {
-            let mut def = policies(&client)
-                .await?
-                .into_iter()
-                .find(|d| d.name == name)
-                .ok_or_else(|| usage(format!("no policy {name:?} (see `launcher policy list`)")))?;
+            let mut def = policy_named(&client, &name).await?;
             if let Some(d) = p.share_decay {
                 def.share_decay_s = d;
             }
@@ -481,6 +527,24 @@ pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
             done(&client, AdminOp::PolicyUpdate(def)).await
         }
         PolicyCmd::Delete { name } => done(&client, AdminOp::PolicyDelete(name)).await,
+        PolicyCmd::Show { name, json } => {
+            let p = policy_named(&client, &name).await?;
+            if json {
+                print_json(&p)?;
+            } else {
+                println!("Name:                 {}", p.name);
+                println!("Share decay:          {} s", p.share_decay_s);
+                println!("Compute reservation:  {} %", p.compute_reservation);
+                if p.shares.is_empty() {
+                    println!("Shares:               (none listed: every share has weight 1)");
+                }
+                for (i, s) in p.shares.iter().enumerate() {
+                    let label = if i == 0 { "Shares:" } else { "" };
+                    println!("{label:<22}{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0);
+                }
+            }
+            Ok(exit::OK)
+        }
         PolicyCmd::List { json } => {
             let v = policies(&client).await?;
             if json {

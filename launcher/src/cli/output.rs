@@ -234,14 +234,22 @@ pub fn job_details(j: &JobInfo) -> String {
     if let Some(sh) = &j.spec.share {
         kv("share", format!("{sh} (priority {})", j.spec.scheduling_priority));
     }
-    kv("attempt", format!("{} of {}", j.attempt, j.spec.retry.attempts));
+    if j.array.is_some() {
+        // The parent never runs itself: each child has its own attempts.
+        kv("attempts", format!("up to {} per child", j.spec.retry.attempts));
+    } else {
+        kv("attempt", format!("{} of {}", j.attempt, j.spec.retry.attempts));
+    }
     for r in &j.spec.retry.evaluate_on_exit {
         kv("retry rule", retry_rule_text(r));
     }
     if !j.nodes.is_empty() {
         kv("nodes", j.nodes.join(","));
     }
-    kv("elapsed", elapsed(j));
+    let took = elapsed(j);
+    if j.array.is_none() || took != "-" {
+        kv("elapsed", took);
+    }
     if let Some(c) = j.exit_code {
         kv("exit code", c.to_string());
     }
