@@ -118,6 +118,34 @@ fn script_directives_are_honoured_and_flags_override_them() {
 }
 
 #[test]
+fn export_passes_the_submitting_shells_variables_as_slurm_does() {
+    let c = Cluster::start(1, 1, false);
+    let show = "echo \"[$MY_VAR] [$OTHER] job=$LAUNCHER_JOB_ID\"";
+    // The shell runs inside some other job: its LAUNCHER_JOB_ID must not leak in.
+    let shell = [("MY_VAR", "from-shell"), ("OTHER", "too"), ("LAUNCHER_JOB_ID", "999")];
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let env: Vec<(&str, &str)> = shell.iter().chain(extra).copied().collect();
+        let out = c.cli_env(&[&["run"], args, &["--", "sh", "-c", show]].concat(), &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        let (vars, job) = text.trim().split_once(" job=").unwrap_or_else(|| panic!("{text}"));
+        assert_ne!(job, "999", "an exported LAUNCHER_JOB_ID replaced the job's own");
+        assert!(job.parse::<u64>().is_ok(), "{text}");
+        vars.to_string()
+    };
+    assert_eq!(run(&[], &[]), "[] []", "the default passes nothing");
+    assert_eq!(run(&["--export=ALL"], &[]), "[from-shell] [too]");
+    assert_eq!(run(&["--export", "MY_VAR,OTHER=set"], &[]), "[from-shell] [set]");
+    assert_eq!(run(&["--export=ALL", "--env", "OTHER=env-wins"], &[]), "[from-shell] [env-wins]");
+    // $LAUNCHER_EXPORT is the default, like Slurm's SBATCH_EXPORT; the flag still wins.
+    assert_eq!(run(&[], &[("LAUNCHER_EXPORT", "MY_VAR")]), "[from-shell] []");
+    assert_eq!(run(&["--export=NONE"], &[("LAUNCHER_EXPORT", "ALL")]), "[] []");
+    let out = c.cli_env(&["run", "--export=ALL,NONE", "--", "true"], &shell);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ALL and NONE"), "{}", stderr(&out));
+}
+
+#[test]
 fn cancel_terminates_a_running_job_and_time_limit_ends_another() {
     let c = Cluster::start(2, 2, false);
     let id = stdout(&c.cli(&["submit", "--parsable", "-N", "2", "-n", "2", "--", "sleep", "60"])).trim().to_string();

@@ -1312,5 +1312,11 @@ mod tests {
         assert_eq!(env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"], "10.0.0.2");
         assert_eq!(env["MASTER_ADDR"], "10.0.0.2");
         assert_eq!(env["RANK"], "3");
+        // `--export=ALL` leaves these out of what it takes from the submitting
+        // shell, so a job submitted inside another job gets its own values.
+        let pmi = ["PMI_FD", "PMI_RANK", "PMI_SIZE", "PMI_JOBID", "PMI_PORT", "PMI_ID", "FLUX_JOB_ID"];
+        for k in env.keys().map(String::as_str).chain(pmi) {
+            assert!(launcher_proto::is_task_var(k), "{k} is set per task, yet --export=ALL would carry a shell's {k}");
+        }
     }
 }

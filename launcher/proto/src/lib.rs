@@ -38,3 +38,29 @@ pub const ALPN: &[u8] = b"launcher/1";
 
 /// TLS server name the controller's certificate is issued for.
 pub const SERVER_NAME: &str = "controller.launcher";
+
+/// Whether the node agent sets `name` in every task itself: the job's
+/// identity, ranks, placement and MPI wiring (`LAUNCHER_*`, `SLURM_*`,
+/// `AWS_BATCH_*`, `PMI_*`, `RANK`, `MASTER_ADDR`, `CUDA_VISIBLE_DEVICES`...).
+///
+/// `--export=ALL` never carries such a variable from the submitting shell: in
+/// a shell inside another job they hold that job's values, which would replace
+/// the new job's. A variable named on its own (`--export=NAME`, `--env`) is
+/// the user's explicit choice and is passed as asked.
+pub fn is_task_var(name: &str) -> bool {
+    const PREFIXES: [&str; 8] =
+        ["LAUNCHER_", "SLURM_", "AWS_BATCH_", "PMI_", "PMIX_", "FLUX_", "OMPI_COMM_WORLD_", "TORCHELASTIC_"];
+    const NAMES: [&str; 10] = [
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}

@@ -652,6 +652,8 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         mem: f.mem,
         time: f.time,
         env: f.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        // A definition never captures the registering shell (not even with $LAUNCHER_EXPORT set).
+        export: Some("NONE".into()),
         output: f.output,
         error: f.error,
         chdir: f.chdir.clone(),

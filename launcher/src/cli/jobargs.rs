@@ -32,6 +32,11 @@ pub struct JobArgs {
     /// Extra environment variable for every task, `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Which of this shell's variables the tasks get, as Slurm's --export: `NONE` (the default), `ALL`, or
+    /// a list of `NAME` and `NAME=VALUE` (`ALL,NAME=VALUE` adds to all). ALL leaves out the variables
+    /// launcher sets per task (LAUNCHER_*, SLURM_*, RANK, ...). Default from $LAUNCHER_EXPORT.
+    #[arg(long, value_name = "ALL|NONE|LIST")]
+    pub export: Option<String>,
     /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node name, `%n` node index, `%x` job name, `%%`).
     #[arg(short = 'o', long, value_name = "PATTERN")]
     pub output: Option<String>,
@@ -107,6 +112,7 @@ impl JobArgs {
             mem: self.mem.or(other.mem),
             time: self.time.or(other.time),
             env: other.env.into_iter().chain(self.env).collect(),
+            export: self.export.or(other.export),
             output: self.output.or(other.output),
             error: self.error.or(other.error),
             chdir: self.chdir.or(other.chdir),
@@ -150,7 +156,14 @@ impl JobArgs {
             Some(v) => parse_count(v, "-n/--ntasks")?,
             None => base.map(|b| b.tasks.max(nodes)).filter(|_| self.nodes.is_none()).unwrap_or(nodes),
         };
-        let mut env: Vec<(String, String)> = base.map(|b| b.env.clone()).unwrap_or_default();
+        // Lowest first: the shell's variables, the definition's, then --export's and --env's own values.
+        let export = self.export.clone().or_else(|| std::env::var("LAUNCHER_EXPORT").ok());
+        let (mut env, assigned) = match export.as_deref() {
+            Some(e) => exported(e, std::env::vars_os())?,
+            None => (Vec::new(), Vec::new()),
+        };
+        env.extend(base.map(|b| b.env.clone()).unwrap_or_default());
+        env.extend(assigned);
         for kv in &self.env {
             let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
             env.push((k.to_string(), v.to_string()));
@@ -491,6 +504,49 @@ pub fn shell_split(line: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Environment variables, in order.
+type Vars = Vec<(String, String)>;
+
+/// `--export` (Slurm's syntax): the variables taken from `shell`, then the
+/// `NAME=VALUE` items, which rank with `--env`. Names that are not set are
+/// skipped, as Slurm does, and so are variables that are not UTF-8; `ALL`
+/// leaves out the variables launcher sets per task ([`launcher_proto::is_task_var`]).
+fn exported(spec: &str, shell: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Result<(Vars, Vars)> {
+    let shell: Vec<(String, String)> =
+        shell.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    let (mut all, mut none) = (false, false);
+    let (mut from_shell, mut assigned) = (Vec::new(), Vec::new());
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad_name =
+            |n: &str| n.is_empty() || n.contains('\0') || n.chars().next().is_some_and(|c| c.is_ascii_digit());
+        match item {
+            "ALL" => all = true,
+            "NONE" => none = true,
+            _ => match item.split_once('=') {
+                Some((k, v)) if !bad_name(k) => assigned.push((k.to_string(), v.to_string())),
+                None if !bad_name(item) => {
+                    if let Some(kv) = shell.iter().find(|(k, _)| k == item) {
+                        from_shell.push(kv.clone());
+                    }
+                }
+                _ => bail!("--export {spec:?}: {item:?} is not a variable name; expected ALL, NONE, NAME or NAME=VALUE items joined with ','"),
+            },
+        }
+    }
+    if all && none {
+        bail!("--export {spec:?}: ALL and NONE contradict each other; give one of them");
+    }
+    if all {
+        let mut every: Vec<(String, String)> =
+            shell.into_iter().filter(|(k, _)| !launcher_proto::is_task_var(k)).collect();
+        every.sort();
+        from_shell.retain(|(k, _)| every.binary_search_by(|(e, _)| e.as_str().cmp(k)).is_err());
+        every.extend(from_shell);
+        from_shell = every;
+    }
+    Ok((from_shell, assigned))
+}
+
 /// The arguments of every `#LAUNCHER` line before the first command line.
 pub fn directives(script: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -513,6 +569,49 @@ pub fn directives(script: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shell() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+        [("PATH", "/venv/bin:/usr/bin"), ("LAUNCHER_JOB_ID", "7"), ("RANK", "3"), ("HOME", "/home/u"), ("A", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+    }
+
+    fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+        v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    #[test]
+    fn export_follows_slurm() {
+        let (from, set) = exported("NONE", shell()).unwrap();
+        assert!(from.is_empty() && set.is_empty());
+        // ALL: everything but the variables launcher sets per task (an outer job's identity).
+        let (from, set) = exported("ALL", shell()).unwrap();
+        assert_eq!(pairs(&from), [("A", "1"), ("HOME", "/home/u"), ("PATH", "/venv/bin:/usr/bin")]);
+        assert!(set.is_empty());
+        // A list: only the names given (unset ones skipped), and NAME=VALUE items as --env.
+        let (from, set) = exported("PATH,NOPE,B=2,C=x=y", shell()).unwrap();
+        assert_eq!(pairs(&from), [("PATH", "/venv/bin:/usr/bin")]);
+        assert_eq!(pairs(&set), [("B", "2"), ("C", "x=y")]);
+        // Named on its own, even a per-task variable is passed: the user asked for it.
+        let (from, _) = exported("ALL,RANK", shell()).unwrap();
+        assert_eq!(from.iter().filter(|(k, _)| k == "RANK").count(), 1);
+        assert!(!from.iter().any(|(k, _)| k == "LAUNCHER_JOB_ID"));
+        for bad in ["ALL,NONE", "=x", "1A", "A,,=2"] {
+            let e = exported(bad, shell()).unwrap_err().to_string();
+            assert!(e.contains("--export"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn export_ranks_below_the_definition_and_env() {
+        let args =
+            JobArgs { export: Some("ALL,Z=from-export".into()), env: vec!["PATH=/mine".into()], ..Default::default() };
+        let spec = args.to_spec(vec!["true".into()], None).unwrap();
+        let last = |k: &str| spec.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(last("PATH").as_deref(), Some("/mine"), "--env wins over the exported PATH");
+        assert_eq!(last("Z").as_deref(), Some("from-export"));
+        assert!(spec.env.iter().position(|(k, _)| k == "Z") > spec.env.iter().position(|(k, _)| k == "PATH"));
+    }
 
     #[test]
     fn times() {
