@@ -18,7 +18,7 @@ launcher queue-admin create ex-research --ce default --policy ex-fair --disabled
 work='until [ -e go ]; do sleep 0.1; done'
 b=$(launcher submit --parsable -q ex-research --share teamB --name teamB --array 1-8 -t 1m -- sh -c "$work")
 a=$(launcher submit --parsable -q ex-research --share teamA --name teamA --array 1-8 -t 1m -- sh -c "$work")
-launcher queue-admin update ex-research --enable >/dev/null
+launcher queue-admin enable ex-research >/dev/null
 launcher show "$a" | grep -e array: -e reason:
 launcher show "$b" | grep -e array: -e reason:
 touch go

@@ -22,8 +22,8 @@ batch=$(launcher submit --parsable -q ex-batch -N 2 -c 2 --name batch -- sh -c "
 urgent=$(launcher submit --parsable -q ex-urgent -N 2 -c 2 --name urgent -- sh -c "$note")
 launcher show "$batch" | grep reason:
 launcher show "$urgent" | grep reason:
-launcher queue-admin update ex-urgent --enable >/dev/null
-launcher ce update ex-pool --enable >/dev/null
+launcher queue-admin enable ex-urgent >/dev/null
+launcher ce enable ex-pool >/dev/null
 echo "batch: job $batch"
 echo "urgent: job $urgent"
 launcher logs --follow "$batch"

@@ -132,6 +132,10 @@ fn array_children_run_with_their_own_index_under_the_limit() {
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(stdout(&out), format!("index={i} aws={i} parent={id}\n"), "output of {child}");
     }
+    // The parent has no output of its own, and `logs` says where it is.
+    let out = c.cli(&["logs", &id]);
+    assert!(out.status.success() && stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(stderr(&out).contains(&format!("`launcher logs {id}:0`")), "{}", stderr(&out));
 
     // One failing child fails the parent; the others still run.
     let id = c.submit(&["--array", "0-3", "--", "sh", "-c", "[ $LAUNCHER_ARRAY_INDEX != 2 ]"]);

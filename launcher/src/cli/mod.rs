@@ -115,7 +115,15 @@ pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, json: bool) -> Res
 pub async fn logs(cred: Option<PathBuf>, job: String, rank: Option<u32>, follow: bool, label: bool) -> Result<i32> {
     let job = parse_job_ids(&[job])?[0];
     let client = Client::connect(cred).await?;
-    submit::follow(&client, job, rank, label, follow).await?;
+    let info = submit::follow(&client, job, rank, label, follow).await?;
+    if let Some(a) = info.array.as_ref().and_then(|a| a.spec.as_ref()) {
+        // The parent runs nothing itself: say where the output is, on stderr so
+        // scripts that wait with `logs --follow PARENT` see no change.
+        eprintln!(
+            "launcher: job {job} is an array job: it has no output of its own (each child has): `launcher logs {job}:{}`",
+            a.start
+        );
+    }
     Ok(exit::OK)
 }
 
