@@ -245,6 +245,17 @@ fn logs_of_a_retried_job_show_the_last_attempt() {
     assert_eq!(state(&c.wait_job(&id, T)), "Succeeded");
     let out = stdout(&c.cli(&["logs", &id]));
     assert!(out.lines().any(|l| l == "attempt 3"), "the successful attempt's output is missing: {out:?}");
+
+    // Following a job (`run`, `logs --follow`) shows every attempt's output in
+    // order, each whole, and ends only when the last attempt does.
+    let cmd = "echo attempt $LAUNCHER_JOB_ATTEMPT; sleep 0.3; echo end $LAUNCHER_JOB_ATTEMPT; exit 7";
+    let out = c.cli(&["run", "--attempts", "3", "--", "sh", "-c", cmd]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let want = "attempt 1\nend 1\nattempt 2\nend 2\nattempt 3\nend 3\n";
+    assert_eq!(stdout(&out), want, "run --attempts 3");
+    let id = c.submit(&["--attempts", "3", "--", "sh", "-c", cmd]);
+    let out = c.cli(&["logs", "--follow", &id]);
+    assert_eq!(stdout(&out), want, "logs --follow");
 }
 
 #[test]

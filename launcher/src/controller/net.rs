@@ -432,13 +432,20 @@ async fn call(
 }
 
 /// Send whatever output was appended since the last call.
+/// Where a follower is in each output file: the file (its inode) and the bytes sent.
+type Offsets = HashMap<String, (u64, u64)>;
+
+/// Send what was added to the rank files in `dir` since `offsets`. A file
+/// that is not the one `offsets` knows (a retry rotated it away) is left
+/// for the caller: returns the names of such files.
 async fn send_new_output(
     s: &mut FramedStream,
     dir: &std::path::Path,
     rank: Option<u32>,
-    offsets: &mut HashMap<String, u64>,
-) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    offsets: &mut Offsets,
+) -> Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
     let mut files: Vec<(u32, Stream, PathBuf, String)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -456,9 +463,15 @@ async fn send_new_output(
         .collect();
     files.sort();
     let mut buf = vec![0u8; 256 * 1024];
+    let mut replaced = Vec::new();
     for (r, stream, path, name) in files {
-        let off = offsets.entry(name).or_insert(0);
         let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        let ino = f.metadata()?.ino();
+        let (known, off) = offsets.entry(name.clone()).or_insert((ino, 0));
+        if *known != ino {
+            replaced.push(name);
+            continue;
+        }
         f.seek(SeekFrom::Start(*off))?;
         loop {
             let n = f.read(&mut buf)?;
@@ -469,13 +482,23 @@ async fn send_new_output(
             s.send(&Response::Output { rank: r, stream, data: buf[..n].to_vec() }).await?;
         }
     }
-    Ok(())
+    Ok(replaced)
+}
+
+/// The attempt whose output `logs/<job>/` holds now (see `OutputSink`).
+fn stored_attempt(ctx: &Ctx, job: JobId, dir: &std::path::Path) -> u32 {
+    if let Some(a) = ctx.output_attempts.lock().expect("attempts lock").get(&job) {
+        return *a;
+    }
+    std::fs::read_to_string(dir.join(".attempt")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
 }
 
 async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, follow: bool) -> Result<()> {
     let mut events = ctx.events.subscribe();
     let dir = ctx.logs_dir.join(job.to_string());
-    let mut offsets = HashMap::new();
+    let mut offsets = Offsets::new();
+    // The attempt whose files `offsets` describe.
+    let mut reading: Option<u32> = None;
     loop {
         // State first, then output: output reaches disk before the exit that
         // makes a job terminal, so after seeing "terminal" one more read gets all.
@@ -484,7 +507,26 @@ async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, fol
             let _ = s.send.finish();
             return Ok(());
         };
-        send_new_output(&mut s, &dir, rank, &mut offsets).await?;
+        // A retry began: the attempt we were following moved to attempt-<N>/.
+        // Finish it there, then follow the new one from its start, so a
+        // follower sees every attempt's output in order.
+        let stored = stored_attempt(ctx, job, &dir);
+        if let Some(old) = reading.filter(|a| *a < stored) {
+            send_new_output(&mut s, &dir.join(format!("attempt-{old}")), rank, &mut offsets).await?;
+            offsets.clear();
+        }
+        reading = Some(stored);
+        let replaced = send_new_output(&mut s, &dir, rank, &mut offsets).await?;
+        if !replaced.is_empty() {
+            if stored_attempt(ctx, job, &dir) > stored {
+                continue; // a retry rotated the files while we read: finish the old ones first
+            }
+            // Replaced some other way: these are new files, read from their start.
+            for name in replaced {
+                offsets.remove(&name);
+            }
+            send_new_output(&mut s, &dir, rank, &mut offsets).await?;
+        }
         if !follow || info.state.is_terminal() {
             s.send(&Response::LogsEnd(Box::new(info))).await?;
             let _ = s.send.finish();
