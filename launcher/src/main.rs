@@ -86,6 +86,8 @@ enum Cmd {
         /// Include finished jobs.
         #[arg(short, long)]
         all: bool,
+        #[command(flatten)]
+        filter: cli::QueueFilter,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -297,7 +299,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::QueueAdmin { cmd } => cli::admin::queue_admin(cred, cmd).await,
         Cmd::Policy { cmd } => cli::admin::policy(cred, cmd).await,
         Cmd::Jobdef { cmd } => cli::admin::jobdef(cred, cmd).await,
-        Cmd::Queue { all, json } => cli::queue(cred, all, json).await,
+        Cmd::Queue { all, filter, json } => cli::queue(cred, all, filter, json).await,
         Cmd::Show { job, json, bindings } => cli::show(cred, job, json, bindings).await,
         Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,
         Cmd::Logs { job, rank, follow, label } => cli::logs(cred, job, rank, follow, label).await,

@@ -209,6 +209,21 @@ fn users_may_cancel_only_their_own_jobs() {
     assert_ne!(c.json(&["show", &admins, "--json"])["state"], "Cancelled");
     let bobs = stdout(&as_bob(&["submit", "--parsable", "--", "sleep", "30"])).trim().to_string();
     assert_eq!(c.json(&["show", &bobs, "--json"])["spec"]["user"], "bob");
+    // squeue-style filters: by user (--me: the credential's), state, queue, id.
+    let users = |out: std::process::Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        v.as_array().unwrap().iter().map(|j| j["spec"]["user"].as_str().unwrap().to_string()).collect()
+    };
+    c.wait_state(&bobs, "Running", Duration::from_secs(20));
+    assert_eq!(users(as_bob(&["queue", "--me", "--json"])), ["bob"]);
+    assert_eq!(users(c.cli(&["queue", "-u", "admin", "--json"])), ["admin"]);
+    assert_eq!(users(c.cli(&["queue", "-t", "running,pending", "-q", "default", "--json"])).len(), 2);
+    assert_eq!(users(c.cli(&["queue", "-j", &bobs, "--json"])), ["bob"]);
+    assert!(users(c.cli(&["queue", "--state", "succeeded", "--json"])).is_empty());
+    let out = c.cli(&["queue", "--state", "done"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("expected submitted, pending"), "{}", stderr(&out));
     assert!(as_bob(&["cancel", &bobs]).status.success());
     // The admin may cancel anyone's.
     assert!(c.cli(&["cancel", &admins]).status.success());

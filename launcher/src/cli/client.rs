@@ -76,6 +76,11 @@ pub fn patience() -> Duration {
 }
 
 impl Client {
+    /// The user name of our credential (what `spec.user` says of our jobs).
+    pub fn user(&self) -> &str {
+        &self.cred.user
+    }
+
     /// Load the credential and connect, retrying until `patience()` runs out.
     pub async fn connect(cred: Option<PathBuf>) -> Result<Client> {
         let path = credential_path(cred)?;

@@ -10,7 +10,7 @@ pub mod submit;
 
 use anyhow::Result;
 use client::{check, exit, unexpected, usage, Client};
-use launcher_proto::{CancelOutcome, JobId, Request, Response};
+use launcher_proto::{CancelOutcome, JobId, JobState, Request, Response};
 use std::path::PathBuf;
 
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -31,11 +31,73 @@ pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
         .collect()
 }
 
+/// Which jobs `launcher queue` lists (squeue's `-u`, `-t`, `-p`, `-j`); all
+/// that are given must match.
+#[derive(clap::Args, Debug, Default)]
+pub struct QueueFilter {
+    /// Only these users' jobs (comma-separated).
+    #[arg(short = 'u', long, value_delimiter = ',', value_name = "USER")]
+    pub user: Vec<String>,
+    /// Only your own jobs (the user of your credential).
+    #[arg(long, conflicts_with = "user")]
+    pub me: bool,
+    /// Only jobs in these states, comma-separated, any case: submitted, pending, runnable, starting,
+    /// running, succeeded, failed, cancelled, or `waiting` (the first three); a finished state implies --all.
+    #[arg(short = 't', long = "state", value_delimiter = ',', value_name = "STATE")]
+    pub state: Vec<String>,
+    /// Only jobs of these queues (comma-separated).
+    #[arg(short = 'q', long = "queue", visible_alias = "partition", value_delimiter = ',', value_name = "QUEUE")]
+    pub queue: Vec<String>,
+    /// Only these jobs (comma-separated; an array's id includes its children).
+    #[arg(short = 'j', long = "jobs", value_delimiter = ',', value_name = "ID")]
+    pub jobs: Vec<String>,
+}
+
+impl QueueFilter {
+    /// The states asked for, or None for any.
+    fn states(&self) -> Result<Option<Vec<JobState>>> {
+        if self.state.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for s in &self.state {
+            let one = |st| vec![st];
+            out.extend(match s.trim().to_ascii_lowercase().as_str() {
+                "submitted" => one(JobState::Submitted),
+                "pending" | "pd" => one(JobState::Pending),
+                "runnable" => one(JobState::Runnable),
+                "starting" => one(JobState::Starting),
+                "running" | "r" => one(JobState::Running),
+                "succeeded" | "cd" | "completed" => one(JobState::Succeeded),
+                "failed" | "f" => one(JobState::Failed),
+                "cancelled" | "ca" => one(JobState::Cancelled),
+                "waiting" => vec![JobState::Submitted, JobState::Pending, JobState::Runnable],
+                _ => {
+                    return Err(usage(format!(
+                        "--state {s:?}: expected submitted, pending, runnable, starting, running, succeeded, failed, cancelled or waiting"
+                    )))
+                }
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
 /// `launcher queue`.
-pub async fn queue(cred: Option<PathBuf>, all: bool, json: bool) -> Result<i32> {
+pub async fn queue(cred: Option<PathBuf>, all: bool, filter: QueueFilter, json: bool) -> Result<i32> {
+    let states = filter.states()?;
+    let ids = parse_job_ids(&filter.jobs)?;
+    let all = all || states.as_ref().is_some_and(|v| v.iter().any(|s| s.is_terminal()));
     let client = Client::connect(cred).await?;
+    let users: Vec<String> = if filter.me { vec![client.user().to_string()] } else { filter.user };
     match check(client.call(&Request::Queue { all }).await?)? {
-        Response::Jobs(jobs) => {
+        Response::Jobs(mut jobs) => {
+            jobs.retain(|j| {
+                (users.is_empty() || users.contains(&j.spec.user))
+                    && (filter.queue.is_empty() || filter.queue.contains(&j.spec.queue))
+                    && states.as_ref().is_none_or(|s| s.contains(&j.state))
+                    && (ids.is_empty() || ids.iter().any(|id| *id == j.id || *id == j.id.parent()))
+            });
             if json {
                 print_json(&jobs)?;
             } else {
