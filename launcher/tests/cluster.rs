@@ -115,6 +115,24 @@ fn script_directives_are_honoured_and_flags_override_them() {
     assert_eq!(stdout(&out).lines().count(), 3, "command-line -n overrides the directive");
     let jobs = c.json(&["queue", "--all", "--json"]);
     assert_eq!(jobs[0]["spec"]["name"], "from-script");
+
+    // A Slurm script runs as it is: its #SBATCH lines count, below #LAUNCHER
+    // lines; one launcher has no equivalent for is skipped, with a warning.
+    let slurm = dir.path().join("slurm.sh");
+    std::fs::write(
+        &slurm,
+        "#!/bin/sh\n#SBATCH --job-name=from-sbatch\n#SBATCH -N 2\n#SBATCH -p default\n#SBATCH --ntasks=4\n#SBATCH --account=physics\n#LAUNCHER -n 2\necho \"$SLURM_JOB_NAME $SLURM_PROCID of $SLURM_NTASKS on node $SLURM_NODEID\"\n",
+    )
+    .unwrap();
+    let out = c.cli(&["run", slurm.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: BTreeSet<String> = stdout(&out).lines().map(String::from).collect();
+    let want: BTreeSet<String> = (0..2).map(|r| format!("from-sbatch {r} of 2 on node {r}")).collect();
+    assert_eq!(lines, want, "-N 2 and the name from #SBATCH, -n 2 from #LAUNCHER");
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("ignoring `#SBATCH")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("slurm.sh:6") && warnings[0].contains("--account"), "{}", warnings[0]);
 }
 
 #[test]

@@ -9,10 +9,10 @@ use launcher_proto::JobSpec;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct JobArgs {
     /// Job name (default: the program or script name).
-    #[arg(short = 'J', long)]
+    #[arg(short = 'J', long, visible_alias = "job-name")]
     pub name: Option<String>,
     /// Queue to submit to.
-    #[arg(short = 'q', long, visible_alias = "partition")]
+    #[arg(short = 'q', long, visible_alias = "partition", visible_short_alias = 'p')]
     pub queue: Option<String>,
     /// Number of nodes, all allocated at once (gang).
     #[arg(short = 'N', long = "nodes", allow_hyphen_values = true, value_name = "N")]
@@ -549,18 +549,30 @@ fn exported(spec: &str, shell: impl Iterator<Item = (std::ffi::OsString, std::ff
 
 /// The arguments of every `#LAUNCHER` line before the first command line.
 pub fn directives(script: &str) -> Result<Vec<String>> {
+    Ok(prefixed_lines(script, "#LAUNCHER")?.into_iter().flat_map(|(_, args)| args).collect())
+}
+
+/// Each `#SBATCH` line before the first command line: its line number and
+/// arguments. Slurm scripts run as they are; the caller decides what to do
+/// with the options launcher does not have.
+pub fn sbatch_directives(script: &str) -> Result<Vec<(usize, Vec<String>)>> {
+    prefixed_lines(script, "#SBATCH")
+}
+
+fn prefixed_lines(script: &str, prefix: &str) -> Result<Vec<(usize, Vec<String>)>> {
     let mut out = Vec::new();
     for (i, line) in script.lines().enumerate() {
         let t = line.trim();
         if i == 0 && t.starts_with("#!") {
             continue;
         }
-        if let Some(rest) = t.strip_prefix("#LAUNCHER") {
-            out.extend(shell_split(rest).with_context(|| format!("script line {}", i + 1))?);
-        } else if t.is_empty() || t.starts_with('#') {
-            continue;
-        } else {
-            break;
+        // `#LAUNCHER -N 2`, not `#LAUNCHERS`: the prefix ends the word.
+        match t.strip_prefix(prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => {
+                out.push((i + 1, shell_split(rest).with_context(|| format!("script line {}", i + 1))?));
+            }
+            _ if t.is_empty() || t.starts_with('#') => continue,
+            _ => break,
         }
     }
     Ok(out)
@@ -578,6 +590,14 @@ mod tests {
 
     fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
         v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    #[test]
+    fn sbatch_lines_before_the_first_command() {
+        let s = "#!/bin/bash\n#SBATCH -N 2\n#SBATCHX -N 9\n#LAUNCHER -n 4\n#SBATCH --job-name=\"a b\"\necho hi\n#SBATCH -N 7\n";
+        let got = sbatch_directives(s).unwrap();
+        assert_eq!(got, vec![(2, vec!["-N".to_string(), "2".into()]), (5, vec!["--job-name=a b".into()])]);
+        assert_eq!(directives(s).unwrap(), ["-n", "4"]);
     }
 
     #[test]

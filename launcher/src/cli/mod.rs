@@ -46,7 +46,14 @@ pub struct QueueFilter {
     #[arg(short = 't', long = "state", value_delimiter = ',', value_name = "STATE")]
     pub state: Vec<String>,
     /// Only jobs of these queues (comma-separated).
-    #[arg(short = 'q', long = "queue", visible_alias = "partition", value_delimiter = ',', value_name = "QUEUE")]
+    #[arg(
+        short = 'q',
+        long = "queue",
+        visible_alias = "partition",
+        visible_short_alias = 'p',
+        value_delimiter = ',',
+        value_name = "QUEUE"
+    )]
     pub queue: Vec<String>,
     /// Only these jobs (comma-separated; an array's id includes its children).
     #[arg(short = 'j', long = "jobs", value_delimiter = ',', value_name = "ID")]

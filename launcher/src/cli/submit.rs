@@ -1,7 +1,7 @@
 //! `launcher submit` and `launcher run`.
 
 use super::client::{check, exit, unexpected, usage, Client};
-use super::jobargs::{directives, JobArgs};
+use super::jobargs::{directives, sbatch_directives, JobArgs};
 use super::output::print_stream_chunk;
 use anyhow::{anyhow, Result};
 use clap::Parser;
@@ -91,7 +91,25 @@ pub fn build_spec_over(
     let d = Directives::try_parse_from(&dir_args).map_err(|e| {
         usage(format!("{}: bad #LAUNCHER directive: {}", path.display(), e.render().to_string().trim()))
     })?;
-    let merged = flags.over(d.job);
+    // A Slurm script's `#SBATCH` lines count too, below `#LAUNCHER` ones. Each
+    // line stands alone: one launcher has no equivalent for (--account,
+    // --mail-type...) is skipped with a warning instead of failing the job.
+    let mut sbatch = JobArgs::default();
+    // `run` builds the spec twice (checked before connecting): warn once.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let warn = !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    for (line, args) in sbatch_directives(&text).map_err(|e| usage(format!("{}: {e:#}", path.display())))? {
+        match Directives::try_parse_from(&args) {
+            Ok(d) => sbatch = d.job.over(sbatch),
+            Err(_) if !warn => {}
+            Err(e) => {
+                let why = e.render().to_string();
+                let why = why.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+                eprintln!("launcher: {}:{line}: ignoring `#SBATCH {}`: {why}", path.display(), args.join(" "));
+            }
+        }
+    }
+    let merged = flags.over(d.job.over(sbatch));
     merged
         .to_spec_over(base, target.args[1..].to_vec(), Some((target.args[0].clone(), text)))
         .map_err(|e| usage(format!("{e:#}")))
