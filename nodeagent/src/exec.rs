@@ -82,8 +82,8 @@ pub struct NodeFacts {
     pub remote: crate::remote::Remote,
 }
 
-/// Expand an output pattern: `%j` job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%%`.
-pub fn expand_pattern(p: &str, job: JobId, rank: u32, node: &str, node_rank: u32, name: &str) -> String {
+/// Expand an output pattern: `%j` (`%J`) job, `%t` rank, `%N` node, `%n` node rank, `%x` name, `%u` user, `%A` array id, `%a` array index, `%%`.
+pub fn expand_pattern(p: &str, job: JobId, rank: u32, node: &str, node_rank: u32, name: &str, user: &str) -> String {
     let mut out = String::with_capacity(p.len() + 8);
     let mut chars = p.chars();
     while let Some(c) = chars.next() {
@@ -92,7 +92,16 @@ pub fn expand_pattern(p: &str, job: JobId, rank: u32, node: &str, node_rank: u32
             continue;
         }
         match chars.next() {
-            Some('j') => out += &job.to_string(),
+            Some('j') | Some('J') => out += &job.to_string(),
+            // Slurm's array spellings: the array's id, and the child's index
+            // (nothing for a job that is not an array child).
+            Some('A') => out += &job.parent().to_string(),
+            Some('a') => {
+                if let Some(i) = job.index() {
+                    out += &i.to_string();
+                }
+            }
+            Some('u') => out += user,
             Some('t') => out += &rank.to_string(),
             Some('N') => out += node,
             Some('n') => out += &node_rank.to_string(),
@@ -824,7 +833,7 @@ type OutFiles = (Option<std::fs::File>, Option<std::fs::File>);
 fn open_output_files(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, cwd: &Path) -> Result<OutFiles, String> {
     let spec = &msg.spec;
     let resolve = |p: &str| {
-        let e = expand_pattern(p, msg.job, rank, &facts.name, msg.node_rank, &spec.name);
+        let e = expand_pattern(p, msg.job, rank, &facts.name, msg.node_rank, &spec.name, &spec.user);
         let path = Path::new(&e);
         if path.is_absolute() {
             path.to_path_buf()
@@ -1245,8 +1254,12 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert_eq!(expand_pattern("out-%j-%t-%N.%x.%%", JobId(7), 3, "n1", 0, "hello"), "out-7-3-n1.hello.%");
-        assert_eq!(expand_pattern("%q%", JobId(1), 0, "", 0, ""), "%q%");
+        assert_eq!(expand_pattern("out-%j-%t-%N.%x.%%", JobId(7), 3, "n1", 0, "hello", "u"), "out-7-3-n1.hello.%");
+        assert_eq!(expand_pattern("%q%", JobId(1), 0, "", 0, "", ""), "%q%");
+        // Slurm's array and user spellings.
+        let child = JobId(7).child(12);
+        assert_eq!(expand_pattern("slurm-%A_%a.%u.out", child, 0, "", 0, "", "ann"), "slurm-7_12.ann.out");
+        assert_eq!(expand_pattern("slurm-%A_%a.out", JobId(7), 0, "", 0, "", "ann"), "slurm-7_.out");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct JobArgs {
     /// launcher sets per task (LAUNCHER_*, SLURM_*, RANK, ...). Default from $LAUNCHER_EXPORT.
     #[arg(long, value_name = "ALL|NONE|LIST")]
     pub export: Option<String>,
-    /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node name, `%n` node index, `%x` job name, `%%`).
+    /// Also write stdout to this file on the node (`%j` job, `%t` rank, `%N` node name, `%n` node index, `%x` job name, `%u` user, `%A`/`%a` array id/index, `%%`).
     #[arg(short = 'o', long, value_name = "PATTERN")]
     pub output: Option<String>,
     /// Also write stderr to this file on the node (default: the --output file).
