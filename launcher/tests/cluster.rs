@@ -121,7 +121,7 @@ fn script_directives_are_honoured_and_flags_override_them() {
     let slurm = dir.path().join("slurm.sh");
     std::fs::write(
         &slurm,
-        "#!/bin/sh\n#SBATCH --job-name=from-sbatch\n#SBATCH -N 2\n#SBATCH -p default\n#SBATCH --ntasks=4\n#SBATCH --account=physics\n#LAUNCHER -n 2\necho \"$SLURM_JOB_NAME $SLURM_PROCID of $SLURM_NTASKS on node $SLURM_NODEID\"\n",
+        "#!/bin/sh\n#SBATCH --job-name=from-sbatch\n#SBATCH -N 2\n#SBATCH -p default\n#SBATCH --ntasks-per-node=2\n#SBATCH --account=physics\n#LAUNCHER -n 2\necho \"$SLURM_JOB_NAME $SLURM_PROCID of $SLURM_NTASKS on node $SLURM_NODEID\"\n",
     )
     .unwrap();
     let out = c.cli(&["run", slurm.to_str().unwrap()]);

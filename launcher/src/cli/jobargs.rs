@@ -20,6 +20,9 @@ pub struct JobArgs {
     /// Number of tasks (ranks), spread block-wise over the nodes (default: one per node).
     #[arg(short = 'n', long = "ntasks", allow_hyphen_values = true, value_name = "N")]
     pub tasks: Option<String>,
+    /// Tasks on each node (sbatch's --ntasks-per-node): -n becomes N x K.
+    #[arg(long, value_name = "K")]
+    pub ntasks_per_node: Option<u32>,
     /// CPUs per task.
     #[arg(short = 'c', long, value_name = "C")]
     pub cpus_per_task: Option<u32>,
@@ -79,6 +82,9 @@ pub struct JobArgs {
     /// GPUs every allocated node must have free for this job.
     #[arg(long, value_name = "G")]
     pub gpus_per_node: Option<u32>,
+    /// Slurm's generic resources, GPUs only: `gpu:G` is --gpus-per-node G.
+    #[arg(long, value_name = "gpu:G", conflicts_with = "gpus_per_node")]
+    pub gres: Option<String>,
     /// GPUs per task (sets CUDA_VISIBLE_DEVICES; implies --gpus-per-node tasks-per-node x G).
     #[arg(long, value_name = "G")]
     pub gpus_per_task: Option<u32>,
@@ -103,11 +109,19 @@ impl JobArgs {
     /// Field by field: ours if set, else `other`'s. Env lists are concatenated
     /// (`other` first, so ours win for the same key).
     pub fn over(self, other: JobArgs) -> JobArgs {
+        let (counts_tasks, counts_per_node) = (self.tasks.is_some(), self.ntasks_per_node.is_some());
         JobArgs {
             name: self.name.or(other.name),
             queue: self.queue.or(other.queue),
             nodes: self.nodes.or(other.nodes),
-            tasks: self.tasks.or(other.tasks),
+            // -n and --ntasks-per-node both say how many tasks: the layer that
+            // gives either decides both.
+            tasks: if counts_per_node { self.tasks } else { self.tasks.or(other.tasks) },
+            ntasks_per_node: if counts_tasks {
+                self.ntasks_per_node
+            } else {
+                self.ntasks_per_node.or(other.ntasks_per_node)
+            },
             cpus_per_task: self.cpus_per_task.or(other.cpus_per_task),
             mem: self.mem.or(other.mem),
             time: self.time.or(other.time),
@@ -125,6 +139,7 @@ impl JobArgs {
             scheduling_priority: self.scheduling_priority.or(other.scheduling_priority),
             finalize_grace: self.finalize_grace.or(other.finalize_grace),
             gpus_per_node: self.gpus_per_node.or(other.gpus_per_node),
+            gres: self.gres.clone().or(other.gres),
             gpus_per_task: self.gpus_per_task.or(other.gpus_per_task),
             constraint: if self.constraint.is_empty() { other.constraint } else { self.constraint },
             cpu_bind: self.cpu_bind.or(other.cpu_bind),
@@ -152,9 +167,18 @@ impl JobArgs {
             Some(v) => parse_count(v, "-N/--nodes")?,
             None => base.map(|b| b.nodes).unwrap_or(1),
         };
-        let tasks = match &self.tasks {
-            Some(v) => parse_count(v, "-n/--ntasks")?,
-            None => base.map(|b| b.tasks.max(nodes)).filter(|_| self.nodes.is_none()).unwrap_or(nodes),
+        let tasks = match (&self.tasks, self.ntasks_per_node) {
+            (_, Some(0)) => bail!("--ntasks-per-node 0: give at least 1"),
+            (Some(v), Some(k)) => {
+                let n = parse_count(v, "-n/--ntasks")?;
+                if n != nodes.saturating_mul(k) {
+                    bail!("-n {n} and --ntasks-per-node {k} on {nodes} node(s) disagree ({nodes} x {k} = {}); give one of them", nodes.saturating_mul(k));
+                }
+                n
+            }
+            (None, Some(k)) => nodes.checked_mul(k).ok_or_else(|| anyhow!("--ntasks-per-node {k}: too many tasks"))?,
+            (Some(v), None) => parse_count(v, "-n/--ntasks")?,
+            (None, None) => base.map(|b| b.tasks.max(nodes)).filter(|_| self.nodes.is_none()).unwrap_or(nodes),
         };
         // Lowest first: the shell's variables, the definition's, then --export's and --env's own values.
         let export = self.export.clone().or_else(|| std::env::var("LAUNCHER_EXPORT").ok());
@@ -264,7 +288,8 @@ impl JobArgs {
         // --gpus-per-task alone implies the per-node GPU count the scheduler must find.
         let mut spec = spec;
         let busiest = spec.tasks.div_ceil(spec.nodes.max(1));
-        spec.gpus_per_node = match self.gpus_per_node {
+        let gres = self.gres.as_deref().map(parse_gres).transpose()?;
+        spec.gpus_per_node = match self.gpus_per_node.or(gres) {
             Some(g) => g,
             None => busiest.saturating_mul(spec.bind.gpus_per_task),
         };
@@ -276,13 +301,25 @@ impl JobArgs {
             let binds = [&self.cpu_bind, &self.distribution, &self.gpu_bind, &self.nic];
             if binds.iter().all(|o| o.is_none()) && self.gpus_per_task.is_none() {
                 spec.bind = b.bind.clone();
-                if self.gpus_per_node.is_none() {
+                if self.gpus_per_node.is_none() && gres.is_none() {
                     spec.gpus_per_node = b.gpus_per_node;
                 }
             }
         }
         launcher_core::validate_spec(&spec).map_err(|e| anyhow!(e))?;
         Ok(spec)
+    }
+}
+
+/// sbatch's `--gres`, for GPUs: `gpu:G` (or `gpu`, one) → GPUs per node.
+fn parse_gres(v: &str) -> Result<u32> {
+    let bad = || {
+        anyhow!("--gres {v:?}: only GPUs are known here, as gpu:COUNT (e.g. gpu:2); GPU types are not (use --constraint with a node feature)")
+    };
+    match v.split(':').collect::<Vec<_>>().as_slice() {
+        ["gpu"] => Ok(1),
+        ["gpu", n] => n.parse().map_err(|_| bad()),
+        _ => Err(bad()),
     }
 }
 
@@ -590,6 +627,44 @@ mod tests {
 
     fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
         v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    #[test]
+    fn the_layer_that_counts_tasks_decides() {
+        let script = JobArgs { nodes: Some("2".into()), ntasks_per_node: Some(4), ..Default::default() };
+        let cli = JobArgs { tasks: Some("3".into()), ..Default::default() };
+        let m = cli.over(script.clone());
+        assert_eq!((m.tasks.as_deref(), m.ntasks_per_node), (Some("3"), None));
+        let cli = JobArgs { ntasks_per_node: Some(1), ..Default::default() };
+        let m = cli.over(JobArgs { tasks: Some("8".into()), ..script });
+        assert_eq!((m.tasks.as_deref(), m.ntasks_per_node), (None, Some(1)));
+    }
+
+    #[test]
+    fn sbatch_task_and_gpu_spellings() {
+        let spec = |a: JobArgs| a.to_spec(vec!["true".into()], None);
+        let a = JobArgs { nodes: Some("3".into()), ntasks_per_node: Some(4), ..Default::default() };
+        assert_eq!(spec(a).unwrap().tasks, 12);
+        let a = JobArgs {
+            nodes: Some("2".into()),
+            tasks: Some("4".into()),
+            ntasks_per_node: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(spec(a).unwrap().tasks, 4);
+        let a = JobArgs {
+            nodes: Some("2".into()),
+            tasks: Some("5".into()),
+            ntasks_per_node: Some(2),
+            ..Default::default()
+        };
+        assert!(spec(a).unwrap_err().to_string().contains("disagree"));
+        let a = JobArgs { gres: Some("gpu:2".into()), ..Default::default() };
+        assert_eq!(spec(a).unwrap().gpus_per_node, 2);
+        assert_eq!(parse_gres("gpu").unwrap(), 1);
+        for bad in ["gpu:a100:2", "mps:100", "gpu:x"] {
+            assert!(parse_gres(bad).unwrap_err().to_string().contains("gpu:COUNT"), "{bad}");
+        }
     }
 
     #[test]
