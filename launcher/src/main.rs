@@ -105,9 +105,12 @@ enum Cmd {
     },
     /// Cancel jobs: waiting ones are dropped, running ones terminated on every node.
     Cancel {
-        /// Job ids.
-        #[arg(required = true)]
-        jobs: Vec<String>,
+        /// Job ids (and/or the filters below, which pick among waiting and running jobs).
+        #[arg(value_name = "JOB")]
+        ids: Vec<String>,
+        /// Filters, as `launcher queue` takes them (scancel's -u, -t, -p); without --user they pick your own jobs.
+        #[command(flatten)]
+        filter: cli::QueueFilter,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -301,7 +304,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Jobdef { cmd } => cli::admin::jobdef(cred, cmd).await,
         Cmd::Queue { all, filter, json } => cli::queue(cred, all, filter, json).await,
         Cmd::Show { job, json, bindings } => cli::show(cred, job, json, bindings).await,
-        Cmd::Cancel { jobs, json } => cli::cancel(cred, jobs, json).await,
+        Cmd::Cancel { ids, filter, json } => cli::cancel(cred, ids, filter, json).await,
         Cmd::Logs { job, rank, follow, label } => cli::logs(cred, job, rank, follow, label).await,
         Cmd::Nodes { json } => cli::nodes(cred, json).await,
         Cmd::Exec { node, args } => {
@@ -320,5 +323,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::User { cmd: UserCmd::Add { name, role, out } } => cli::user_add(cred, name, role, out).await,
         Cmd::Up(args) => launcher::up::up(args).await,
         Cmd::Agent(args) => nodeagent::run(args).await.map(|_| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition (duplicate names, bad defaults) only
+    /// when that command is parsed: check every one here, not in front of a user.
+    #[test]
+    fn every_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

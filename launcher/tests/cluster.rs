@@ -242,7 +242,14 @@ fn users_may_cancel_only_their_own_jobs() {
     let out = c.cli(&["queue", "--state", "done"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("expected submitted, pending"), "{}", stderr(&out));
-    assert!(as_bob(&["cancel", &bobs]).status.success());
+    // scancel-style filters pick among the caller's own jobs unless --user is given.
+    let out = as_bob(&["cancel", "--state", "running,waiting"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(stdout(&out).starts_with(&format!("job {bobs}: ")), "{}", stdout(&out));
+    assert_eq!(c.json(&["show", &admins, "--json"])["state"], "Running", "bob's filter reached the admin's job");
+    let out = as_bob(&["cancel"]);
+    assert_eq!(out.status.code(), Some(2), "no ids and no filter: {}", stderr(&out));
     // The admin may cancel anyone's.
     assert!(c.cli(&["cancel", &admins]).status.success());
     for id in [&admins, &bobs] {

@@ -90,30 +90,50 @@ impl QueueFilter {
     }
 }
 
+impl QueueFilter {
+    /// Whether any filter is given.
+    fn any(&self) -> bool {
+        self.me || !(self.user.is_empty() && self.state.is_empty() && self.queue.is_empty() && self.jobs.is_empty())
+    }
+
+    /// The jobs that match (`all`: finished ones too; `mine_by_default`:
+    /// without --user, only the caller's).
+    async fn pick(&self, client: &Client, all: bool, mine_by_default: bool) -> Result<Vec<launcher_proto::JobInfo>> {
+        let states = self.states()?;
+        let ids = parse_job_ids(&self.jobs)?;
+        let all = all || states.as_ref().is_some_and(|v| v.iter().any(|s| s.is_terminal()));
+        let users: Vec<String> = if self.me || (mine_by_default && self.user.is_empty()) {
+            vec![client.user().to_string()]
+        } else {
+            self.user.clone()
+        };
+        match check(client.call(&Request::Queue { all }).await?)? {
+            Response::Jobs(mut jobs) => {
+                jobs.retain(|j| {
+                    (users.is_empty() || users.contains(&j.spec.user))
+                        && (self.queue.is_empty() || self.queue.contains(&j.spec.queue))
+                        && states.as_ref().is_none_or(|s| s.contains(&j.state))
+                        && (ids.is_empty() || ids.iter().any(|id| *id == j.id || *id == j.id.parent()))
+                });
+                Ok(jobs)
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
 /// `launcher queue`.
 pub async fn queue(cred: Option<PathBuf>, all: bool, filter: QueueFilter, json: bool) -> Result<i32> {
-    let states = filter.states()?;
-    let ids = parse_job_ids(&filter.jobs)?;
-    let all = all || states.as_ref().is_some_and(|v| v.iter().any(|s| s.is_terminal()));
+    filter.states()?;
+    parse_job_ids(&filter.jobs)?;
     let client = Client::connect(cred).await?;
-    let users: Vec<String> = if filter.me { vec![client.user().to_string()] } else { filter.user };
-    match check(client.call(&Request::Queue { all }).await?)? {
-        Response::Jobs(mut jobs) => {
-            jobs.retain(|j| {
-                (users.is_empty() || users.contains(&j.spec.user))
-                    && (filter.queue.is_empty() || filter.queue.contains(&j.spec.queue))
-                    && states.as_ref().is_none_or(|s| s.contains(&j.state))
-                    && (ids.is_empty() || ids.iter().any(|id| *id == j.id || *id == j.id.parent()))
-            });
-            if json {
-                print_json(&jobs)?;
-            } else {
-                print!("{}", output::jobs_table(&jobs));
-            }
-            Ok(exit::OK)
-        }
-        r => Err(unexpected(r)),
+    let jobs = filter.pick(&client, all, false).await?;
+    if json {
+        print_json(&jobs)?;
+    } else {
+        print!("{}", output::jobs_table(&jobs));
     }
+    Ok(exit::OK)
 }
 
 /// `launcher show`.
@@ -141,9 +161,33 @@ pub async fn show(cred: Option<PathBuf>, job: String, json: bool, bindings: bool
 }
 
 /// `launcher cancel`.
-pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, json: bool) -> Result<i32> {
-    let ids = parse_job_ids(&jobs)?;
+pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, filter: QueueFilter, json: bool) -> Result<i32> {
+    let mut ids = parse_job_ids(&jobs)?;
+    let filtered = filter.any();
+    if ids.is_empty() && !filtered {
+        return Err(usage(
+            "nothing to cancel: give job ids, or filters (`launcher cancel --state waiting` cancels your waiting jobs)",
+        ));
+    }
+    filter.states()?;
+    parse_job_ids(&filter.jobs)?;
     let client = Client::connect(cred).await?;
+    if filtered {
+        let picked = filter.pick(&client, false, true).await?;
+        // An array's children go with it: cancel the parent once.
+        let parents: Vec<JobId> = picked.iter().filter(|j| j.array.is_some()).map(|j| j.id).collect();
+        ids.extend(picked.iter().map(|j| j.id).filter(|id| id.index().is_none() || !parents.contains(&id.parent())));
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            if json {
+                print_json(&Vec::<(JobId, CancelOutcome)>::new())?;
+            } else {
+                eprintln!("launcher: no waiting or running job matches");
+            }
+            return Ok(exit::OK);
+        }
+    }
     match check(client.call(&Request::Cancel { jobs: ids }).await?)? {
         Response::Cancelled(out) => {
             let mut code = exit::OK;
