@@ -175,6 +175,11 @@ fn put_task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32, mut p
     put("SLURM_TASKS_PER_NODE", &tasks_per_node);
     put("SLURM_NTASKS_PER_NODE", &local_size);
     put("SLURM_CPUS_PER_TASK", &cpt);
+    put("SLURM_CPUS_ON_NODE", &(msg.tasks.len() as u64 * u64::from(spec.cpus_per_task)).to_string());
+    put("SLURM_JOB_PARTITION", &spec.queue);
+    put("SLURM_JOB_USER", &spec.user);
+    put("SLURM_SUBMIT_DIR", &spec.cwd);
+    put("SLURM_RESTART_COUNT", &msg.attempt.saturating_sub(1).to_string());
     put("MASTER_ADDR", main_addr);
     put("MASTER_PORT", &master_port);
     put("RANK", &rank_s);
@@ -1325,6 +1330,8 @@ mod tests {
         assert_eq!(env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"], "10.0.0.2");
         assert_eq!(env["MASTER_ADDR"], "10.0.0.2");
         assert_eq!(env["RANK"], "3");
+        assert_eq!((env["SLURM_CPUS_ON_NODE"].as_str(), env["SLURM_RESTART_COUNT"].as_str()), ("2", "0"));
+        assert_eq!(env["SLURM_JOB_PARTITION"], "default");
         // `--export=ALL` leaves these out of what it takes from the submitting
         // shell, so a job submitted inside another job gets its own values.
         let pmi = ["PMI_FD", "PMI_RANK", "PMI_SIZE", "PMI_JOBID", "PMI_PORT", "PMI_ID", "FLUX_JOB_ID"];
