@@ -31,8 +31,8 @@ pub fn parse_job_ids(ids: &[String]) -> Result<Vec<JobId>> {
         .collect()
 }
 
-/// Which jobs `launcher queue` lists (squeue's `-u`, `-t`, `-p`, `-j`); all
-/// that are given must match.
+/// Which jobs `launcher queue` lists and `launcher cancel` cancels (squeue's
+/// and scancel's `-u`, `-t`, `-p`, `-j`); all that are given must match.
 #[derive(clap::Args, Debug, Default)]
 pub struct QueueFilter {
     /// Only these users' jobs (comma-separated).
@@ -88,9 +88,7 @@ impl QueueFilter {
         }
         Ok(Some(out))
     }
-}
 
-impl QueueFilter {
     /// Whether any filter is given.
     fn any(&self) -> bool {
         self.me || !(self.user.is_empty() && self.state.is_empty() && self.queue.is_empty() && self.jobs.is_empty())
