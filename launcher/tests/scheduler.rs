@@ -404,6 +404,41 @@ fn fair_share_splits_slots_by_weight_and_keeps_a_compute_reservation() {
     wait_counts(&c, "shared", &[]);
 }
 
+/// `run` says why its job waits (srun's "queued and waiting"), so a job no
+/// node can ever run does not look hung; Ctrl-C then cancels it.
+#[test]
+fn run_says_why_its_job_waits_and_ctrl_c_cancels_it() {
+    let c = Cluster::start(1, 2, false);
+    let mut run = std::process::Command::new(common::bin())
+        .args(["run", "-n", "3", "--", "true"])
+        .env("LAUNCHER_CRED", &c.cred)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = run.stderr.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut err, &mut text).unwrap();
+        text
+    });
+    let jobs = || c.json(&["queue", "--json"]);
+    let deadline = std::time::Instant::now() + T;
+    while jobs().as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the job never showed up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1800));
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let status = run.wait().unwrap();
+    let text = seen.join().unwrap();
+    assert!(text.contains("is RUNNABLE: NoEligibleNodes: no node can ever run it"), "{text}");
+    assert_eq!(text.matches("NoEligibleNodes").count(), 1, "said once, not at every poll: {text}");
+    assert!(text.contains("cancelling job"), "{text}");
+    assert_ne!(status.code(), Some(0));
+    assert!(jobs().as_array().unwrap().is_empty(), "Ctrl-C left the job waiting");
+}
+
 #[test]
 fn a_job_no_compute_environment_can_hold_waits_until_one_can() {
     let c = Cluster::start(2, 2, false);

@@ -227,7 +227,18 @@ pub async fn run(
         return Err(usage("`run` streams one job; submit array jobs with `launcher submit --array ...` and read a child's output with `launcher logs ID:INDEX`"));
     }
     let job = submit_spec(&mut client, spec).await?;
-    let streaming = follow(&client, job, None, label, true);
+    let streaming = async {
+        // Output, and meanwhile why the job waits, if it does.
+        let (output, notes) = (follow(&client, job, None, label, true), say_why_it_waits(&client, job));
+        tokio::pin!(output, notes);
+        let mut waiting = true;
+        loop {
+            tokio::select! {
+                r = &mut output => break r,
+                () = &mut notes, if waiting => waiting = false,
+            }
+        }
+    };
     tokio::pin!(streaming);
     let info = tokio::select! {
         r = &mut streaming => r?,
@@ -250,6 +261,31 @@ pub async fn run(
         }
     }
     Ok(job_exit_code(&info))
+}
+
+/// While `run`'s job has not started, say why on stderr, as srun does: once
+/// it has waited a second, then whenever the reason changes. Returns when the
+/// job starts (or ends). A job no node can ever run must not look hung.
+async fn say_why_it_waits(client: &Client, job: JobId) {
+    let mut said = String::new();
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = std::time::Duration::from_millis(500);
+        let Ok(Ok(Response::Job(info))) = client.call(&Request::Show { job }).await.map(check) else { return };
+        if !matches!(info.state, JobState::Submitted | JobState::Pending | JobState::Runnable) {
+            return;
+        }
+        let why = match (&info.reason, &info.reason_text) {
+            (Some(r), Some(t)) => format!("{r}: {t}"),
+            (Some(r), None) => r.clone(),
+            _ => "waiting".into(),
+        };
+        if why != said {
+            eprintln!("launcher: job {job} is {}: {why} (Ctrl-C cancels it)", info.state);
+            said = why;
+        }
+    }
 }
 
 #[cfg(test)]
