@@ -133,6 +133,13 @@ fn script_directives_are_honoured_and_flags_override_them() {
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("ignoring `#SBATCH")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(warnings[0].contains("slurm.sh:6") && warnings[0].contains("--account"), "{}", warnings[0]);
+
+    // A text file without `#!` (and not executable) is a script too, run by /bin/sh.
+    let plain = dir.path().join("plain.sh");
+    std::fs::write(&plain, "#LAUNCHER --name plain\necho \"$LAUNCHER_JOB_NAME ran\"\n").unwrap();
+    let out = c.cli(&["run", plain.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "plain ran\n");
 }
 
 #[test]

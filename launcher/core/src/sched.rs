@@ -710,7 +710,7 @@ impl Core {
     fn never_fits_uncached(&self, spec: &JobSpec, shape: &Shape) -> Option<String> {
         let shape = *shape;
         let q = self.queues.get(&spec.queue)?;
-        let mut best = (0usize, 0u32, 0usize, String::new());
+        let mut best = (0usize, 0u32, 0usize, String::new(), 0u64);
         for ce in &q.def.ces {
             let Some(members) = self.ce_members.get(ce) else { continue };
             let live: Vec<&Node> =
@@ -724,13 +724,14 @@ impl Core {
                 return None;
             }
             let biggest = live.iter().map(|n| n.rec.inventory.cpus).max().unwrap_or(0);
+            let most_mem = live.iter().map(|n| n.rec.inventory.mem_mib).max().unwrap_or(0);
             if fitting >= best.0 {
-                best = (fitting, biggest, live.len(), ce.clone());
+                best = (fitting, biggest, live.len(), ce.clone(), most_mem);
             }
         }
-        let (fitting, biggest, live, ce) = best;
+        let (fitting, biggest, live, ce, most_mem) = best;
         Some(format!(
-            "needs {} node(s) with at least {} CPUs{} in one compute environment of queue {}; the largest, {}, has {} node(s) up, {} of them that large (largest: {} CPUs)",
+            "needs {} node(s) with at least {} CPUs{} in one compute environment of queue {}; the largest, {}, has {} node(s) up, {} of them that large (largest: {} CPUs{})",
             shape.nodes,
             shape.big,
             if shape.mem > 0 { format!(" and {} MiB", shape.mem) } else { String::new() },
@@ -738,7 +739,8 @@ impl Core {
             if ce.is_empty() { "(none)".to_string() } else { ce },
             live,
             fitting,
-            biggest
+            biggest,
+            if shape.mem > 0 { format!(", most memory: {most_mem} MiB") } else { String::new() }
         ))
     }
 

@@ -29,9 +29,9 @@ pub fn command_mode(argv: &[String], target: &[String]) -> bool {
 
 /// Build a spec from flags plus, in script mode, the script's directives.
 ///
-/// Without `--`, a text file starting with `#!` is a batch script (its
-/// `#LAUNCHER` lines count); any other file, such as a compiled MPI program,
-/// is run as a program. With `programs_on_path` (`run`, like srun), a name
+/// Without `--`, a text file is a batch script (its `#LAUNCHER` and `#SBATCH`
+/// lines count; run with its `#!` line, else /bin/sh); any other file, such
+/// as a compiled MPI program, is run as a program. With `programs_on_path` (`run`, like srun), a name
 /// that is not a file is a program looked up on the nodes' PATH.
 pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Result<JobSpec> {
     build_spec_over(flags, target, programs_on_path, None)
@@ -69,8 +69,10 @@ pub fn build_spec_over(
             )))
         }
     };
+    // Text is a script (run with its `#!` line, or /bin/sh without one, as a
+    // shell runs a file execve refuses); anything else is a program.
     let text = match String::from_utf8(bytes) {
-        Ok(t) if t.starts_with("#!") => t,
+        Ok(t) if t.starts_with("#!") || !t.contains('\0') => t,
         _ => {
             // A program (an ELF binary, say): run it as a command, by absolute
             // path so the nodes find it whatever their working directory.
