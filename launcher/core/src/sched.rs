@@ -788,6 +788,27 @@ impl Core {
     // ---------------------------------------------------------------- reasons
 
     /// (code, sentence) for `launcher show`.
+    /// A running job some of whose nodes stopped answering: which ones, and
+    /// what happens if they stay away.
+    fn unreachable_reason(&self, job: &Job) -> (Option<String>, Option<String>) {
+        let lost: Vec<&str> = job
+            .alloc
+            .iter()
+            .filter(|a| matches!(self.nodes.get(&a.node).map(|n| &n.conn), Some(crate::core::Conn::Unreachable { .. })))
+            .map(|a| a.name.as_str())
+            .collect();
+        if lost.is_empty() {
+            return (None, None);
+        }
+        let text = format!(
+            "{} stopped answering; the job goes on, and fails (NodeFail) unless {} back within {} s of losing contact (`launcher serve --node-timeout`)",
+            lost.join(","),
+            if lost.len() == 1 { "it is" } else { "they are" },
+            self.cfg.node_timeout_ms / 1000
+        );
+        (Some("NodeUnreachable".into()), Some(text))
+    }
+
     pub(crate) fn reason(&self, job: &Job) -> (Option<String>, Option<String>) {
         use launcher_proto::JobState as S;
         match job.state {
@@ -812,7 +833,7 @@ impl Core {
             }
             S::Starting | S::Running => match &job.killing {
                 Some(k) => (Some(k.code().into()), Some(format!("terminating: {}", k.text()))),
-                None => (None, None),
+                None => self.unreachable_reason(job),
             },
             S::Failed => match &job.fail {
                 Some(f) => (Some(f.code().into()), Some(f.text())),

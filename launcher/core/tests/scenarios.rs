@@ -218,6 +218,9 @@ fn node_timeout_fails_its_jobs_and_stops_their_other_nodes() {
     e.core.on_disconnect(e.now, a, 1);
     e.tick(5_000);
     assert_eq!(e.state(id), JobState::Running, "within the node timeout the job is kept");
+    let info = e.core.job_info(id).unwrap();
+    assert_eq!(info.reason.as_deref(), Some("NodeUnreachable"), "show says why a running job may be stuck");
+    assert!(info.reason_text.unwrap().starts_with("a stopped answering;"));
     e.tick(5_000);
     assert!(e.fx.sent.iter().any(|(_, m)| matches!(m, ToAgent::Kill(_))), "the surviving node is told to stop");
     let b_id = e.nodes["b"];
