@@ -198,6 +198,14 @@ fn put_task_env(msg: &LaunchMsg, facts: &NodeFacts, rank: u32, local: u32, mut p
         put("AWS_BATCH_JOB_ARRAY_INDEX", &index);
         put("SLURM_ARRAY_JOB_ID", &parent);
         put("SLURM_ARRAY_TASK_ID", &index);
+        if let Some(a) = &msg.array {
+            let size = a.len().to_string();
+            put("LAUNCHER_ARRAY_SIZE", &size);
+            put("SLURM_ARRAY_TASK_COUNT", &size);
+            put("SLURM_ARRAY_TASK_MIN", &a.start.to_string());
+            put("SLURM_ARRAY_TASK_MAX", &a.index_at(a.len().saturating_sub(1)).to_string());
+            put("SLURM_ARRAY_TASK_STEP", &a.step.to_string());
+        }
     }
     for (k, v) in &spec.env {
         put(k, v);
@@ -1309,6 +1317,7 @@ mod tests {
             node_addrs: vec!["10.0.0.2".into(), "10.0.0.3".into()],
             tasks_per_node: vec![2, 2],
             tasks: vec![TaskMsg { rank: 2, local_rank: 0 }, TaskMsg { rank: 3, local_rank: 1 }],
+            array: None,
         };
         let facts = NodeFacts {
             name: "node2".into(),
@@ -1332,6 +1341,16 @@ mod tests {
         assert_eq!(env["RANK"], "3");
         assert_eq!((env["SLURM_CPUS_ON_NODE"].as_str(), env["SLURM_RESTART_COUNT"].as_str()), ("2", "0"));
         assert_eq!(env["SLURM_JOB_PARTITION"], "default");
+        // An array child also learns its array's shape (indexes 1, 4, 7).
+        let child = LaunchMsg {
+            job: JobId(12).child(4),
+            array: Some(launcher_proto::ArraySpec { start: 1, end: 8, step: 3, max_running: None, sequential: false }),
+            ..msg.clone()
+        };
+        let c: BTreeMap<String, String> = task_env(&child, &facts, 3, 1).into_iter().collect();
+        let shape = ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX"];
+        assert_eq!(shape.map(|k| c[k].as_str()), ["4", "3", "1", "7"]);
+        assert_eq!((c["SLURM_ARRAY_TASK_STEP"].as_str(), c["SLURM_ARRAY_JOB_ID"].as_str()), ("3", "12"));
         // `--export=ALL` leaves these out of what it takes from the submitting
         // shell, so a job submitted inside another job gets its own values.
         let pmi = ["PMI_FD", "PMI_RANK", "PMI_SIZE", "PMI_JOBID", "PMI_PORT", "PMI_ID", "FLUX_JOB_ID"];

@@ -594,6 +594,7 @@ mod tests {
             node_addrs: vec![],
             tasks_per_node: vec![2, 1],
             tasks: vec![],
+            array: None,
         };
         let (o, m) = hostfiles(&msg);
         assert_eq!(o, "node1 slots=4\nnode2 slots=2\n");
@@ -610,6 +611,7 @@ mod tests {
             node_addrs: vec![],
             tasks_per_node: vec![1; nodes.len()],
             tasks: vec![],
+            array: None,
         })
     }
 

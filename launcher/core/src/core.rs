@@ -1072,6 +1072,7 @@ impl Core {
             node_addrs: job.alloc.iter().map(|a| a.addr.clone()).collect(),
             tasks_per_node: job.alloc.iter().map(|a| a.tasks).collect(),
             tasks: (0..a.tasks).map(|l| TaskMsg { rank: a.first_rank + l, local_rank: l }).collect(),
+            array: id.index().and_then(|_| self.jobs.get(&id.parent())).and_then(|p| p.spec.array.clone()),
         }
     }
 

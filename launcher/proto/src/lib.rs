@@ -27,7 +27,7 @@ pub use sched::*;
 
 /// The protocol version this build speaks. Peers must match exactly (see
 /// `docs/protocol.md` §2 for the compatibility window).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Seconds a finalized MPI rank may linger once its whole step finalized and
 /// some rank exited 0, when the job gives no `--finalize-grace`.

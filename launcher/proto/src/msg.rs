@@ -251,6 +251,8 @@ pub struct LaunchMsg {
     pub tasks_per_node: Vec<u32>,
     /// Tasks to start here.
     pub tasks: Vec<TaskMsg>,
+    /// For an array child: its array (for `SLURM_ARRAY_TASK_COUNT`, `_MIN`, `_MAX`, `_STEP`).
+    pub array: Option<crate::ArraySpec>,
 }
 
 /// Why tasks are being stopped.
