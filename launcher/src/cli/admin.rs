@@ -588,6 +588,8 @@ pub struct JobDefFile {
     pub nodes: Option<u32>,
     /// `-n`.
     pub ntasks: Option<u32>,
+    /// `--ntasks-per-node`.
+    pub ntasks_per_node: Option<u32>,
     /// `-c`.
     pub cpus_per_task: Option<u32>,
     /// `--mem`.
@@ -622,6 +624,8 @@ pub struct JobDefFile {
     pub gpus_per_node: Option<u32>,
     /// `--gpus-per-task`.
     pub gpus_per_task: Option<u32>,
+    /// `--gres` (`gpu:G`).
+    pub gres: Option<String>,
     /// `--constraint` features.
     #[serde(default)]
     pub constraint: Vec<String>,
@@ -648,7 +652,7 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         queue: f.queue,
         nodes: f.nodes.map(|n| n.to_string()),
         tasks: f.ntasks.map(|n| n.to_string()),
-        ntasks_per_node: None,
+        ntasks_per_node: f.ntasks_per_node,
         cpus_per_task: f.cpus_per_task,
         mem: f.mem,
         time: f.time,
@@ -668,7 +672,7 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         finalize_grace: f.finalize_grace,
         gpus_per_node: f.gpus_per_node,
         gpus_per_task: f.gpus_per_task,
-        gres: None,
+        gres: f.gres,
         constraint: f.constraint,
         cpu_bind: f.cpu_bind,
         distribution: f.distribution,
@@ -796,5 +800,23 @@ pub async fn jobdef(cred: Option<PathBuf>, cmd: JobdefCmd) -> Result<i32> {
                 r => Err(unexpected(r)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_definition_files_take_the_sbatch_task_and_gpu_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.toml");
+        std::fs::write(&p, "name = \"d\"\ncommand = [\"true\"]\nnodes = 3\nntasks-per-node = 2\ngres = \"gpu:1\"\n")
+            .unwrap();
+        let spec = load_jobdef(&p).unwrap();
+        assert_eq!((spec.nodes, spec.tasks, spec.gpus_per_node), (3, 6, 1));
+        std::fs::write(&p, "name = \"d\"\ncommand = [\"true\"]\nntasks-per-nod = 2\n").unwrap();
+        let e = format!("{:#}", load_jobdef(&p).unwrap_err());
+        assert!(e.contains("unknown field `ntasks-per-nod`"), "{e}");
     }
 }
