@@ -655,6 +655,7 @@ pub fn load_jobdef(path: &Path) -> Result<JobSpec> {
         ntasks_per_node: f.ntasks_per_node,
         cpus_per_task: f.cpus_per_task,
         mem: f.mem,
+        mem_per_cpu: None,
         time: f.time,
         env: f.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         // A definition never captures the registering shell (not even with $LAUNCHER_EXPORT set).

@@ -29,6 +29,9 @@ pub struct JobArgs {
     /// Memory per node: MiB, or with a unit (`512M`, `4G`).
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
+    /// Memory per CPU (sbatch's): a node's request is SIZE x the CPUs the job holds on its busiest node.
+    #[arg(long, value_name = "SIZE", conflicts_with = "mem")]
+    pub mem_per_cpu: Option<String>,
     /// Time limit per attempt: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH[:MM[:SS]]`, or `90s`/`15m`/`2h`.
     #[arg(short = 't', long, value_name = "LIMIT")]
     pub time: Option<String>,
@@ -110,6 +113,7 @@ impl JobArgs {
     /// (`other` first, so ours win for the same key).
     pub fn over(self, other: JobArgs) -> JobArgs {
         let (counts_tasks, counts_per_node) = (self.tasks.is_some(), self.ntasks_per_node.is_some());
+        let (sizes_node, sizes_cpu) = (self.mem.is_some(), self.mem_per_cpu.is_some());
         JobArgs {
             name: self.name.or(other.name),
             queue: self.queue.or(other.queue),
@@ -123,7 +127,9 @@ impl JobArgs {
                 self.ntasks_per_node.or(other.ntasks_per_node)
             },
             cpus_per_task: self.cpus_per_task.or(other.cpus_per_task),
-            mem: self.mem.or(other.mem),
+            // --mem and --mem-per-cpu both size memory: the layer that gives either decides.
+            mem: if sizes_cpu { self.mem } else { self.mem.or(other.mem) },
+            mem_per_cpu: if sizes_node { self.mem_per_cpu } else { self.mem_per_cpu.or(other.mem_per_cpu) },
             time: self.time.or(other.time),
             env: other.env.into_iter().chain(self.env).collect(),
             export: self.export.or(other.export),
@@ -243,9 +249,14 @@ impl JobArgs {
             nodes,
             tasks,
             cpus_per_task: self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1),
-            mem_mib: match self.mem.as_deref() {
-                Some(m) => parse_mem_mib(m)?,
-                None => base.map(|b| b.mem_mib).unwrap_or(0),
+            mem_mib: match (self.mem.as_deref(), self.mem_per_cpu.as_deref()) {
+                (Some(m), _) => parse_mem_mib(m)?,
+                (None, Some(m)) => {
+                    let busiest = u64::from(tasks.div_ceil(nodes.max(1)));
+                    let cpt = u64::from(self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1));
+                    parse_mem_mib(m).map_err(|e| anyhow!("{e}").context("--mem-per-cpu"))?.saturating_mul(busiest * cpt)
+                }
+                (None, None) => base.map(|b| b.mem_mib).unwrap_or(0),
             },
             time_limit_s: match self.time.as_deref() {
                 Some(t) => Some(parse_time_s(t)?),
@@ -659,6 +670,18 @@ mod tests {
             ..Default::default()
         };
         assert!(spec(a).unwrap_err().to_string().contains("disagree"));
+        // --mem-per-cpu: per node, times the CPUs held on the busiest node (3 tasks x 2 CPUs).
+        let a = JobArgs {
+            nodes: Some("2".into()),
+            tasks: Some("5".into()),
+            cpus_per_task: Some(2),
+            mem_per_cpu: Some("1G".into()),
+            ..Default::default()
+        };
+        assert_eq!(spec(a).unwrap().mem_mib, 6 * 1024);
+        let layered = JobArgs { mem: Some("100".into()), ..Default::default() }
+            .over(JobArgs { mem_per_cpu: Some("1G".into()), ..Default::default() });
+        assert_eq!(spec(layered).unwrap().mem_mib, 100, "the layer that sizes memory decides");
         let a = JobArgs { gres: Some("gpu:2".into()), ..Default::default() };
         assert_eq!(spec(a).unwrap().gpus_per_node, 2);
         assert_eq!(parse_gres("gpu").unwrap(), 1);
