@@ -34,7 +34,13 @@ fn mkdir_inherit(dir: &Path) -> io::Result<()> {
     }
     let parent = dir.parent().ok_or_else(|| io::Error::other("cgroup dir has no parent"))?;
     for f in ["cpuset.cpus", "cpuset.mems"] {
-        if read(&dir.join(f))?.is_empty() {
+        // cgroupfs makes these files with the directory; a plain directory
+        // standing in for it in tests does not.
+        let now = match read(&dir.join(f)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            r => r?,
+        };
+        if now.is_empty() {
             fs::write(dir.join(f), read(&parent.join(f))?)?;
         }
     }
@@ -60,6 +66,7 @@ impl Cpusets {
             Ok(()) => {
                 let c = Cpusets { dir };
                 c.clear_stale();
+                c.clear_dead_siblings();
                 Some(c)
             }
             Err(e) => {
@@ -72,7 +79,15 @@ impl Cpusets {
     /// Create the task's cgroup and open its `cgroup.procs` for the task to join.
     pub fn for_task(&self, job: u64, attempt: u32, rank: u32, cpus: &str, mems: &str) -> io::Result<fs::File> {
         let step = self.dir.join(format!("{job}.{attempt}"));
-        mkdir_inherit(&step)?;
+        if let Err(e) = mkdir_inherit(&step) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            // Another agent starting on this host swept our directory while
+            // it held no task (see `clear_dead_siblings`): make it again.
+            mkdir_inherit(&self.dir)?;
+            mkdir_inherit(&step)?;
+        }
         let task = step.join(rank.to_string());
         if !task.is_dir() {
             fs::create_dir(&task)?;
@@ -99,6 +114,23 @@ impl Cpusets {
         }
     }
 
+    /// Remove other agents' empty directories: agents on this host that are
+    /// gone (`launcher up` and test clusters each use their own, and one
+    /// killed outright leaves it behind). Only an empty one goes (rmdir
+    /// refuses the rest), so no step or task cgroup of a live agent is ever
+    /// touched; a live agent whose directory went makes it again
+    /// ([`Cpusets::for_task`]).
+    fn clear_dead_siblings(&self) {
+        let Some(parent) = self.dir.parent() else { return };
+        let Ok(rd) = fs::read_dir(parent) else { return };
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p != self.dir && p.is_dir() {
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
+
     /// Remove what an earlier agent left (its tasks died with it).
     fn clear_stale(&self) {
         if let Ok(rd) = fs::read_dir(&self.dir) {
@@ -121,4 +153,37 @@ fn remove_tree(dir: &Path) {
         }
     }
     let _ = fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a plain directory standing in for the cpuset mount.
+    #[test]
+    fn a_starting_agent_sweeps_dead_agents_directories_but_not_busy_ones() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: Cpusets::detect needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let m = root.path();
+        fs::write(m.join("cpuset.cpus"), "0-1").unwrap();
+        fs::write(m.join("cpuset.mems"), "0").unwrap();
+        let first = Cpusets::detect(m, "node1", Path::new("/state/a")).expect("detect");
+        let (dead, busy) = (m.join("launcher/node9.00000000"), m.join("launcher/node8.00000000"));
+        fs::create_dir_all(&dead).unwrap();
+        fs::create_dir_all(busy.join("13.1/0")).unwrap();
+        let second = Cpusets::detect(m, "node2", Path::new("/state/b")).expect("detect");
+        assert!(!dead.exists(), "an agent directory with nothing in it is swept");
+        assert!(busy.join("13.1/0").is_dir(), "another agent's step cgroups are never touched");
+        assert!(second.dir.is_dir());
+        // On cgroupfs the first agent's directory, holding no task, went too
+        // (here its plain files keep it: remove it as the kernel would).
+        fs::remove_dir_all(&first.dir).unwrap();
+        let procs = first.for_task(7, 1, 0, "1", "0").expect("for_task after the sweep");
+        drop(procs);
+        assert_eq!(read(&first.dir.join("7.1/0/cpuset.cpus")).unwrap(), "1");
+    }
 }
