@@ -214,6 +214,11 @@ fn nodes_and_queue_have_json_and_tables() {
     assert!(t.starts_with("NODE") && t.contains("node3") && t.contains("idle"), "{t}");
     let q = stdout(&c.cli(&["queue"]));
     assert!(q.starts_with("JOBID"), "{q}");
+    // sbatch's words, so `awk '{print $4}'` finds the id.
+    let out = stdout(&c.cli(&["submit", "--", "true"]));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[..3], ["Submitted", "batch", "job"], "{out}");
+    assert_eq!(c.show(words[3])["id"], words[3].parse::<u64>().unwrap(), "{out}");
 }
 
 #[test]

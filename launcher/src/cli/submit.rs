@@ -161,7 +161,7 @@ pub async fn submit(
     if parsable {
         println!("{job}");
     } else {
-        println!("Submitted job {job}");
+        println!("Submitted batch job {job}");
     }
     Ok(exit::OK)
 }
