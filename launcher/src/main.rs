@@ -63,6 +63,10 @@ enum Cmd {
         /// Print only the job id.
         #[arg(long)]
         parsable: bool,
+        /// Wait for the job (every child, for an array) to end, then exit with its exit code, like
+        /// `sbatch --wait`; its output stays in `launcher logs`.
+        #[arg(short = 'W', long)]
+        wait: bool,
         /// Script and its arguments, or `-- CMD ARGS`.
         #[arg(trailing_var_arg = true, value_name = "SCRIPT|-- CMD")]
         target: Vec<String>,
@@ -288,10 +292,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             launcher::serve(cfg, init).await
         }
-        Cmd::Submit { job, jobdef, parsable, target } => {
+        Cmd::Submit { job, jobdef, parsable, wait, target } => {
             let argv: Vec<String> = std::env::args().collect();
             let t = Target { command_mode: cli::submit::command_mode(&argv, &target), args: target };
-            cli::submit::submit(cred, job, t, parsable, jobdef).await
+            cli::submit::submit(cred, job, t, parsable, wait, jobdef).await
         }
         Cmd::Run { job, jobdef, label, target } => {
             let argv: Vec<String> = std::env::args().collect();

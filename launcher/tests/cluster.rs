@@ -219,6 +219,17 @@ fn nodes_and_queue_have_json_and_tables() {
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(words[..3], ["Submitted", "batch", "job"], "{out}");
     assert_eq!(c.show(words[3])["id"], words[3].parse::<u64>().unwrap(), "{out}");
+    // sbatch --wait: exit with the job's code once it (every child) has ended.
+    let out = c.cli(&["submit", "--wait", "--", "sh", "-c", "sleep 0.3; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Submitted batch job "), "{}", stdout(&out));
+    let out =
+        c.cli(&["submit", "-W", "--parsable", "--array", "0-3", "--", "sh", "-c", "[ $LAUNCHER_ARRAY_INDEX != 2 ]"]);
+    assert_ne!(out.status.code(), Some(0), "an array with a failed child fails");
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(c.show(&id)["array"]["succeeded"], 3, "it waited for every child");
+    let out = c.cli(&["submit", "-W", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]

@@ -148,6 +148,7 @@ pub async fn submit(
     flags: JobArgs,
     target: Target,
     parsable: bool,
+    wait: bool,
     jobdef: Option<String>,
 ) -> Result<i32> {
     if jobdef.is_none() {
@@ -163,7 +164,25 @@ pub async fn submit(
     } else {
         println!("Submitted batch job {job}");
     }
-    Ok(exit::OK)
+    if !wait {
+        return Ok(exit::OK);
+    }
+    std::io::stdout().flush()?;
+    // --wait: poll the job's state (its output is not needed here).
+    let mut pause = std::time::Duration::from_millis(50);
+    let info = loop {
+        match check(client.call(&Request::Show { job }).await?)? {
+            Response::Job(info) if info.state.is_terminal() => break info,
+            Response::Job(_) => {}
+            r => return Err(unexpected(r)),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    };
+    if info.state != JobState::Succeeded {
+        eprintln!("launcher: job {job} {}: {}", info.state, info.reason_text.clone().unwrap_or_default());
+    }
+    Ok(job_exit_code(&info))
 }
 
 /// Exit code for a finished job: 0, or its exit code (at least 1).
