@@ -483,8 +483,6 @@ pub fn launch(msg: LaunchMsg, facts: &NodeFacts, table: &JobTable, out: &Unbound
     let _ = out.send(FromAgent::Started { job: msg.job, attempt: msg.attempt });
 }
 
-/// Plan this attempt's local tasks, avoiding CPUs and GPUs that other held
-/// attempts' live tasks use, and record what it takes.
 /// A task's environment under construction: later values replace earlier
 /// ones, and a variable keeps the place where it first appeared.
 ///
@@ -764,6 +762,8 @@ pub(crate) fn start_task(
     Ok((child, stdout, stderr))
 }
 
+/// Plan this attempt's local tasks, avoiding CPUs and GPUs that other held
+/// attempts' live tasks use, and record what it takes.
 fn plan_step(
     msg: &LaunchMsg,
     facts: &NodeFacts,

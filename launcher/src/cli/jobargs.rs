@@ -243,19 +243,20 @@ impl JobArgs {
             None if sequential => bail!("--depend sequential applies to array jobs; add --array"),
             None => {}
         }
+        let cpus_per_task = self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1);
+        // Tasks on the busiest node: what per-CPU memory and per-task GPUs multiply.
+        let busiest = tasks.div_ceil(nodes.max(1));
         let spec = JobSpec {
             name: self.name.clone().unwrap_or(default_name),
             queue: self.queue.clone().or_else(|| base.map(|b| b.queue.clone())).unwrap_or_else(|| "default".into()),
             nodes,
             tasks,
-            cpus_per_task: self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1),
+            cpus_per_task,
             mem_mib: match (self.mem.as_deref(), self.mem_per_cpu.as_deref()) {
                 (Some(m), _) => parse_mem_mib(m)?,
-                (None, Some(m)) => {
-                    let busiest = u64::from(tasks.div_ceil(nodes.max(1)));
-                    let cpt = u64::from(self.cpus_per_task.or(base.map(|b| b.cpus_per_task)).unwrap_or(1));
-                    parse_mem_mib(m).map_err(|e| anyhow!("{e}").context("--mem-per-cpu"))?.saturating_mul(busiest * cpt)
-                }
+                (None, Some(m)) => parse_mem_mib(m)
+                    .context("--mem-per-cpu")?
+                    .saturating_mul(u64::from(busiest) * u64::from(cpus_per_task)),
                 (None, None) => base.map(|b| b.mem_mib).unwrap_or(0),
             },
             time_limit_s: match self.time.as_deref() {
@@ -298,7 +299,6 @@ impl JobArgs {
         };
         // --gpus-per-task alone implies the per-node GPU count the scheduler must find.
         let mut spec = spec;
-        let busiest = spec.tasks.div_ceil(spec.nodes.max(1));
         let gres = self.gres.as_deref().map(parse_gres).transpose()?;
         spec.gpus_per_node = match self.gpus_per_node.or(gres) {
             Some(g) => g,
