@@ -97,13 +97,9 @@ pub fn build_spec_over(
     // line stands alone: one launcher has no equivalent for (--account,
     // --mail-type...) is skipped with a warning instead of failing the job.
     let mut sbatch = JobArgs::default();
-    // `run` builds the spec twice (checked before connecting): warn once.
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let warn = !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed);
     for (line, args) in sbatch_directives(&text).map_err(|e| usage(format!("{}: {e:#}", path.display())))? {
         match Directives::try_parse_from(&args) {
             Ok(d) => sbatch = d.job.over(sbatch),
-            Err(_) if !warn => {}
             Err(e) => {
                 let why = e.render().to_string();
                 let why = why.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
@@ -151,13 +147,9 @@ pub async fn submit(
     wait: bool,
     jobdef: Option<String>,
 ) -> Result<i32> {
-    if jobdef.is_none() {
-        // Check the input before dialing, so usage errors never wait on the network.
-        build_spec(flags.clone(), Target { command_mode: target.command_mode, args: target.args.clone() }, false)?;
-    }
+    let spec = SpecToBe::new(flags, target, false, jobdef)?;
     let mut client = Client::connect(cred).await?;
-    let base = jobdef_base(&client, jobdef.as_deref()).await?;
-    let spec = build_spec_over(flags, target, false, base.as_ref())?;
+    let spec = spec.build(&client).await?;
     let job = submit_spec(&mut client, spec).await?;
     if parsable {
         println!("{job}");
@@ -179,10 +171,41 @@ pub async fn submit(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(1));
     };
-    if info.state != JobState::Succeeded {
-        eprintln!("launcher: job {job} {}: {}", info.state, info.reason_text.clone().unwrap_or_default());
-    }
+    say_if_it_failed(job, &info);
     Ok(job_exit_code(&info))
+}
+
+/// A spec built before dialing, so usage errors never wait on the network;
+/// or, on a job definition, what it is built from once that is fetched.
+enum SpecToBe {
+    Built(JobSpec),
+    OnJobdef { flags: JobArgs, target: Target, programs_on_path: bool, jobdef: String },
+}
+
+impl SpecToBe {
+    fn new(flags: JobArgs, target: Target, programs_on_path: bool, jobdef: Option<String>) -> Result<SpecToBe> {
+        Ok(match jobdef {
+            None => SpecToBe::Built(build_spec(flags, target, programs_on_path)?),
+            Some(jobdef) => SpecToBe::OnJobdef { flags, target, programs_on_path, jobdef },
+        })
+    }
+
+    async fn build(self, client: &Client) -> Result<JobSpec> {
+        match self {
+            SpecToBe::Built(spec) => Ok(spec),
+            SpecToBe::OnJobdef { flags, target, programs_on_path, jobdef } => {
+                let base = jobdef_base(client, Some(&jobdef)).await?;
+                build_spec_over(flags, target, programs_on_path, base.as_ref())
+            }
+        }
+    }
+}
+
+/// On stderr, how a job that did not succeed ended.
+fn say_if_it_failed(job: JobId, info: &JobInfo) {
+    if info.state != JobState::Succeeded {
+        eprintln!("launcher: job {job} {}: {}", info.state, info.reason_text.as_deref().unwrap_or_default());
+    }
 }
 
 /// Exit code for a finished job: 0, or its exit code (at least 1).
@@ -238,12 +261,9 @@ pub async fn run(
     label: bool,
     jobdef: Option<String>,
 ) -> Result<i32> {
-    if jobdef.is_none() {
-        build_spec(flags.clone(), Target { command_mode: target.command_mode, args: target.args.clone() }, true)?;
-    }
+    let spec = SpecToBe::new(flags, target, true, jobdef)?;
     let mut client = Client::connect(cred).await?;
-    let base = jobdef_base(&client, jobdef.as_deref()).await?;
-    let spec = build_spec_over(flags, target, true, base.as_ref())?;
+    let spec = spec.build(&client).await?;
     if spec.array.is_some() {
         return Err(usage("`run` streams one job; submit array jobs with `launcher submit --array ...` and read a child's output with `launcher logs ID:INDEX`"));
     }
@@ -272,10 +292,7 @@ pub async fn run(
             }
         }
     };
-    if info.state != JobState::Succeeded {
-        let why = info.reason_text.clone().unwrap_or_default();
-        eprintln!("launcher: job {job} {}: {why}", info.state);
-    }
+    say_if_it_failed(job, &info);
     for t in &info.tasks {
         if let Some(e @ launcher_proto::ExitStatus::KilledAfterFinalize { .. }) = &t.exit {
             eprintln!("launcher: job {job}: rank {} {e}", t.rank);
