@@ -89,29 +89,46 @@ impl QueueFilter {
         Ok(Some(out))
     }
 
-    /// Whether any filter is given.
-    fn any(&self) -> bool {
-        self.me || !(self.user.is_empty() && self.state.is_empty() && self.queue.is_empty() && self.jobs.is_empty())
+    /// Check the filters (before dialing: usage errors never wait on the network).
+    fn parse(self) -> Result<JobFilter> {
+        Ok(JobFilter {
+            states: self.states()?,
+            ids: parse_job_ids(&self.jobs)?,
+            any: self.me
+                || !(self.user.is_empty() && self.state.is_empty() && self.queue.is_empty() && self.jobs.is_empty()),
+            users: self.user,
+            me: self.me,
+            queues: self.queue,
+        })
     }
+}
 
+/// A checked [`QueueFilter`].
+struct JobFilter {
+    users: Vec<String>,
+    me: bool,
+    /// None: any state.
+    states: Option<Vec<JobState>>,
+    queues: Vec<String>,
+    ids: Vec<JobId>,
+    /// Whether any filter was given.
+    any: bool,
+}
+
+impl JobFilter {
     /// The jobs that match (`all`: finished ones too; `mine_by_default`:
     /// without --user, only the caller's).
     async fn pick(&self, client: &Client, all: bool, mine_by_default: bool) -> Result<Vec<launcher_proto::JobInfo>> {
-        let states = self.states()?;
-        let ids = parse_job_ids(&self.jobs)?;
-        let all = all || states.as_ref().is_some_and(|v| v.iter().any(|s| s.is_terminal()));
-        let users: Vec<String> = if self.me || (mine_by_default && self.user.is_empty()) {
-            vec![client.user().to_string()]
-        } else {
-            self.user.clone()
-        };
+        let all = all || self.states.as_ref().is_some_and(|v| v.iter().any(|s| s.is_terminal()));
+        let mine = [client.user().to_string()];
+        let users = if self.me || (mine_by_default && self.users.is_empty()) { &mine[..] } else { &self.users[..] };
         match check(client.call(&Request::Queue { all }).await?)? {
             Response::Jobs(mut jobs) => {
                 jobs.retain(|j| {
                     (users.is_empty() || users.contains(&j.spec.user))
-                        && (self.queue.is_empty() || self.queue.contains(&j.spec.queue))
-                        && states.as_ref().is_none_or(|s| s.contains(&j.state))
-                        && (ids.is_empty() || ids.iter().any(|id| *id == j.id || *id == j.id.parent()))
+                        && (self.queues.is_empty() || self.queues.contains(&j.spec.queue))
+                        && self.states.as_ref().is_none_or(|s| s.contains(&j.state))
+                        && (self.ids.is_empty() || self.ids.iter().any(|id| *id == j.id || *id == j.id.parent()))
                 });
                 Ok(jobs)
             }
@@ -122,8 +139,7 @@ impl QueueFilter {
 
 /// `launcher queue`.
 pub async fn queue(cred: Option<PathBuf>, all: bool, filter: QueueFilter, json: bool) -> Result<i32> {
-    filter.states()?;
-    parse_job_ids(&filter.jobs)?;
+    let filter = filter.parse()?;
     let client = Client::connect(cred).await?;
     let jobs = filter.pick(&client, all, false).await?;
     if json {
@@ -161,16 +177,14 @@ pub async fn show(cred: Option<PathBuf>, job: String, json: bool, bindings: bool
 /// `launcher cancel`.
 pub async fn cancel(cred: Option<PathBuf>, jobs: Vec<String>, filter: QueueFilter, json: bool) -> Result<i32> {
     let mut ids = parse_job_ids(&jobs)?;
-    let filtered = filter.any();
-    if ids.is_empty() && !filtered {
+    let filter = filter.parse()?;
+    if ids.is_empty() && !filter.any {
         return Err(usage(
             "nothing to cancel: give job ids, or filters (`launcher cancel --state waiting` cancels your waiting jobs)",
         ));
     }
-    filter.states()?;
-    parse_job_ids(&filter.jobs)?;
     let client = Client::connect(cred).await?;
-    if filtered {
+    if filter.any {
         let picked = filter.pick(&client, false, true).await?;
         // An array's children go with it: cancel the parent once.
         let parents: Vec<JobId> = picked.iter().filter(|j| j.array.is_some()).map(|j| j.id).collect();
