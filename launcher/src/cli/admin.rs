@@ -500,6 +500,11 @@ fn parse_shares(v: &[String]) -> Result<Vec<ShareWeight>> {
         .collect()
 }
 
+/// A share's weight as `--share` takes it: `ID=WEIGHT`.
+fn share_text(s: &ShareWeight) -> String {
+    format!("{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0)
+}
+
 /// `launcher policy ...`.
 pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
     let client = Client::connect(cred).await?;
@@ -540,7 +545,7 @@ pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
                 }
                 for (i, s) in p.shares.iter().enumerate() {
                     let label = if i == 0 { "Shares:" } else { "" };
-                    println!("{label:<22}{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0);
+                    println!("{label:<22}{}", share_text(s));
                 }
             }
             Ok(exit::OK)
@@ -552,11 +557,7 @@ pub async fn policy(cred: Option<PathBuf>, cmd: PolicyCmd) -> Result<i32> {
             } else {
                 println!("{:<16} {:>12} {:>12}  SHARES (ID=WEIGHT)", "NAME", "DECAY(s)", "RESERVE(%)");
                 for p in &v {
-                    let shares: Vec<String> = p
-                        .shares
-                        .iter()
-                        .map(|s| format!("{}={}", s.share, f64::from(s.weight_x10k) / 10_000.0))
-                        .collect();
+                    let shares: Vec<String> = p.shares.iter().map(share_text).collect();
                     println!(
                         "{:<16} {:>12} {:>12}  {}",
                         p.name,
