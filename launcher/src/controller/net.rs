@@ -206,18 +206,6 @@ struct OutputSink {
 }
 
 impl OutputSink {
-    /// The attempt stored in `logs/<job>/` (1 when nothing says otherwise).
-    fn stored_attempt(&mut self, job: JobId) -> u32 {
-        let mut map = self.attempts.lock().expect("attempts lock");
-        if let Some(a) = map.get(&job) {
-            return *a;
-        }
-        let marker = self.dir.join(job.to_string()).join(".attempt");
-        let a = std::fs::read_to_string(marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
-        map.insert(job, a);
-        a
-    }
-
     /// A retry's output replaces the previous attempt's in `logs/<job>/`;
     /// the older output moves to `logs/<job>/attempt-<N>/`.
     fn rotate(&mut self, job: JobId, from: u32, to: u32) -> std::io::Result<()> {
@@ -246,7 +234,7 @@ impl OutputSink {
         offset: u64,
         data: &[u8],
     ) -> std::io::Result<()> {
-        let stored = self.stored_attempt(job);
+        let stored = stored_attempt(&self.attempts, &self.dir, job);
         if attempt < stored {
             return Ok(()); // a superseded attempt's resend
         }
@@ -431,7 +419,6 @@ async fn call(
     ctx.ask(|reply| Input::Call { f: Box::new(f), reply }).await
 }
 
-/// Send whatever output was appended since the last call.
 /// Where a follower is in each output file: the file (its inode) and the bytes sent.
 type Offsets = HashMap<String, (u64, u64)>;
 
@@ -485,12 +472,15 @@ async fn send_new_output(
     Ok(replaced)
 }
 
-/// The attempt whose output `logs/<job>/` holds now (see `OutputSink`).
-fn stored_attempt(ctx: &Ctx, job: JobId, dir: &std::path::Path) -> u32 {
-    if let Some(a) = ctx.output_attempts.lock().expect("attempts lock").get(&job) {
-        return *a;
-    }
-    std::fs::read_to_string(dir.join(".attempt")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
+/// The attempt whose output `logs_dir/<job>/` holds now: its `.attempt`
+/// marker (1 when there is none), read once and then kept in `attempts`,
+/// which `OutputSink::rotate` updates.
+fn stored_attempt(attempts: &Mutex<HashMap<JobId, u32>>, logs_dir: &std::path::Path, job: JobId) -> u32 {
+    let mut map = attempts.lock().expect("attempts lock");
+    *map.entry(job).or_insert_with(|| {
+        let marker = logs_dir.join(job.to_string()).join(".attempt");
+        std::fs::read_to_string(marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
+    })
 }
 
 async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, follow: bool) -> Result<()> {
@@ -510,7 +500,7 @@ async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, fol
         // A retry began: the attempt we were following moved to attempt-<N>/.
         // Finish it there, then follow the new one from its start, so a
         // follower sees every attempt's output in order.
-        let stored = stored_attempt(ctx, job, &dir);
+        let stored = stored_attempt(&ctx.output_attempts, &ctx.logs_dir, job);
         if let Some(old) = reading.filter(|a| *a < stored) {
             send_new_output(&mut s, &dir.join(format!("attempt-{old}")), rank, &mut offsets).await?;
             offsets.clear();
@@ -518,7 +508,7 @@ async fn logs(mut s: FramedStream, ctx: &Ctx, job: JobId, rank: Option<u32>, fol
         reading = Some(stored);
         let replaced = send_new_output(&mut s, &dir, rank, &mut offsets).await?;
         if !replaced.is_empty() {
-            if stored_attempt(ctx, job, &dir) > stored {
+            if stored_attempt(&ctx.output_attempts, &ctx.logs_dir, job) > stored {
                 continue; // a retry rotated the files while we read: finish the old ones first
             }
             // Replaced some other way: these are new files, read from their start.
