@@ -31,8 +31,9 @@ pub fn command_mode(argv: &[String], target: &[String]) -> bool {
 ///
 /// Without `--`, a text file is a batch script (its `#LAUNCHER` and `#SBATCH`
 /// lines count; run with its `#!` line, else /bin/sh); any other file, such
-/// as a compiled MPI program, is run as a program. With `programs_on_path` (`run`, like srun), a name
-/// that is not a file is a program looked up on the nodes' PATH.
+/// as a compiled MPI program, is run as a program. With `programs_on_path`
+/// (`run`, like srun), a name that is not a file is a program looked up on
+/// the nodes' PATH.
 pub fn build_spec(flags: JobArgs, target: Target, programs_on_path: bool) -> Result<JobSpec> {
     build_spec_over(flags, target, programs_on_path, None)
 }
